@@ -1,0 +1,29 @@
+# Two set-up commands that work on a fresh machine (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install quickstart test test-slow lint
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# CPU torch wheel first, so that the package's torch range never pulls a CUDA build.
+install: $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[test]"
+
+quickstart: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci"
+
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check hf_px tests scripts
+	$(VENV)/bin/ruff format --check hf_px tests scripts

@@ -1,0 +1,24 @@
+"""hf-px: PX (Path eXclusion) pruning for Hugging Face vision models.
+
+Public API — everything else may change::
+
+    from hf_px import compute_scores, prune, PruningConfig, PruningResult
+"""
+
+__version__ = "0.1.0"
+
+from .config import PruningConfig, PruningResult  # noqa: E402
+from .errors import HfPxError, HfPxFailure  # noqa: E402
+from .methods import METHODS  # noqa: E402
+from .pruning import compute_scores, prune  # noqa: E402
+
+__all__ = [
+    "METHODS",
+    "HfPxError",
+    "HfPxFailure",
+    "PruningConfig",
+    "PruningResult",
+    "__version__",
+    "compute_scores",
+    "prune",
+]

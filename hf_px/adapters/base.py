@@ -1,0 +1,204 @@
+"""What a model family is, for pruning: prunable weights, gates, norms, classifier.
+
+An adapter holds no scoring maths. It answers four questions the methods ask:
+
+* which parameters are prunable (default: the weight of every Conv2d and Linear,
+  classifier included; never biases, norms, embeddings, position embeddings,
+  class tokens);
+* which parameters form the classifier head (the reference PX keeps them
+  untransformed in both auxiliary networks);
+* which modules are *gates* — activations read as ``act(z) = g(z) * z`` — and
+  how to read ``g`` from the pre-activation ``z``;
+* which modules are normalisation layers, and of which kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import HfPxError
+
+logger = logging.getLogger(__name__)
+
+GateFn = Callable[[torch.Tensor], torch.Tensor]
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+def relu_gate(z: torch.Tensor) -> torch.Tensor:
+    """The 0/1 ReLU pattern (reference: ``where(z > 0, 1, 0)``; LeakyReLU alike)."""
+    return (z > 0).to(z.dtype)
+
+
+def gelu_gate(z: torch.Tensor) -> torch.Tensor:
+    """GELU(z) = z * Phi(z): the gate is the standard normal CDF."""
+    return 0.5 * (1.0 + torch.erf(z * _SQRT1_2))
+
+
+def gelu_tanh_gate(z: torch.Tensor) -> torch.Tensor:
+    """tanh-approximate GELU: z * 0.5 * (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z.pow(3))))
+
+
+def silu_gate(z: torch.Tensor) -> torch.Tensor:
+    """SiLU(z) = z * sigmoid(z)."""
+    return torch.sigmoid(z)
+
+
+def quick_gelu_gate(z: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(1.702 * z)
+
+
+def ratio_gate(module: nn.Module) -> GateFn:
+    """Generic gate act(z)/z; at z = 0 the slope of act at 0 (central difference)."""
+
+    def gate(z: torch.Tensor) -> torch.Tensor:
+        out = module(z)
+        eps = 1e-3
+        h = torch.full((1,), eps, dtype=z.dtype, device=z.device)
+        slope0 = (module(h) - module(-h)) / (2 * eps)
+        safe = torch.where(z == 0, torch.ones_like(z), z)
+        return torch.where(z == 0, slope0.expand_as(z), out / safe)
+
+    return gate
+
+
+def default_gate_for(module: nn.Module) -> GateFn | None:
+    """The gate of an activation module, or None if the module is not an activation."""
+    from transformers import activations as tact
+
+    if isinstance(module, nn.ReLU | nn.LeakyReLU):
+        return relu_gate
+    if isinstance(module, nn.GELU):
+        return gelu_tanh_gate if module.approximate == "tanh" else gelu_gate
+    if isinstance(module, tact.GELUActivation):
+        return gelu_gate
+    if isinstance(module, tact.GELUTanh | tact.NewGELUActivation | tact.FastGELUActivation):
+        return gelu_tanh_gate
+    if isinstance(module, tact.QuickGELUActivation):
+        return quick_gelu_gate
+    if isinstance(module, nn.SiLU | tact.SiLUActivation):
+        return silu_gate
+    activation_types: tuple[type, ...] = (
+        nn.ReLU6,
+        nn.Hardswish,
+        nn.Mish,
+        nn.ELU,
+        tact.MishActivation,
+        tact.ClippedGELUActivation,
+        tact.AccurateGELUActivation,
+        tact.LaplaceActivation,
+        tact.ReLUSquaredActivation,
+    )
+    if isinstance(module, activation_types):
+        return ratio_gate(module)
+    return None
+
+
+BATCH_NORM = "batch"
+LAYER_NORM = "layer"
+GROUP_NORM = "group"
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return BATCH_NORM
+    if isinstance(module, nn.LayerNorm):
+        return LAYER_NORM
+    if isinstance(module, nn.GroupNorm):
+        return GROUP_NORM
+    return None
+
+
+@dataclass
+class Gate:
+    name: str
+    module: nn.Module
+    fn: GateFn
+
+
+@dataclass
+class Norm:
+    name: str
+    module: nn.Module
+    kind: str
+
+
+class Adapter:
+    """Default behaviour: any module tree of Conv2d/Linear layers and activation modules."""
+
+    name = "generic"
+    model_types: tuple[str, ...] = ()
+    #: attribute names of the classifier head on `*ForImageClassification` models
+    classifier_attrs: tuple[str, ...] = ("classifier", "head", "fc")
+    prunable_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)
+
+    # -- prunable weights ---------------------------------------------------------------
+    def prunable_parameters(
+        self, model: nn.Module, exclude: Iterable[str] = ()
+    ) -> dict[str, nn.Parameter]:
+        patterns = [_compile(p) for p in exclude]
+        owned = {}
+        for mod_name, module in model.named_modules():
+            if isinstance(module, self.prunable_types) and module.weight is not None:
+                owned[id(module.weight)] = f"{mod_name}.weight" if mod_name else "weight"
+        out: dict[str, nn.Parameter] = {}
+        for name, param in model.named_parameters():
+            if id(param) in owned and not any(p.search(name) for p in patterns):
+                out[name] = param
+        return out
+
+    # -- classifier ---------------------------------------------------------------------
+    def classifier_parameter_names(self, model: nn.Module) -> set[str]:
+        """Parameters of the classification head (kept untransformed by reference PX).
+
+        Only models with a transformers `config` have a head we can name; hand-built
+        nets get the paper's formula on every layer.
+        """
+        if getattr(model, "config", None) is None:
+            return set()
+        for attr in self.classifier_attrs:
+            head = getattr(model, attr, None)
+            if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+                return {f"{attr}.{n}" for n, _ in head.named_parameters()}
+        return set()
+
+    # -- gates and norms ------------------------------------------------------------------
+    def gates(self, model: nn.Module) -> list[Gate]:
+        out = []
+        for name, module in model.named_modules():
+            fn = default_gate_for(module)
+            if fn is not None:
+                out.append(Gate(name, module, fn))
+        return out
+
+    def norms(self, model: nn.Module) -> list[Norm]:
+        out = []
+        for name, module in model.named_modules():
+            kind = norm_kind(module)
+            if kind is not None:
+                out.append(Norm(name, module, kind))
+        return out
+
+    def norm_parameter_names(self, model: nn.Module) -> set[str]:
+        names: set[str] = set()
+        for norm in self.norms(model):
+            prefix = f"{norm.name}." if norm.name else ""
+            names.update(prefix + n for n, _ in norm.module.named_parameters(recurse=False))
+        return names
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise HfPxError(
+            f"invalid --exclude regular expression {pattern!r} ({exc}); fix the pattern"
+        ) from None

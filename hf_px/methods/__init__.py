@@ -1,0 +1,23 @@
+"""Scoring methods, one file each; all share the signature ``score(ctx, batches)``."""
+
+from __future__ import annotations
+
+from ..errors import HfPxError
+from . import grasp, magnitude, px, random, snip, synflow
+from .base import Method, ScoringContext
+
+METHODS: dict[str, Method] = {
+    m.METHOD.name: m.METHOD for m in (px, snip, grasp, synflow, magnitude, random)
+}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise HfPxError(
+            f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+__all__ = ["METHODS", "Method", "ScoringContext", "get_method"]

@@ -1,0 +1,144 @@
+"""Shared machinery for scoring methods: masked functional calls, logits, context.
+
+Methods are pure: ``score(ctx, batches) -> {name: tensor}``. They substitute
+parameters with :func:`torch.func.functional_call` instead of copying the model,
+so memory stays near one extra copy of the weights, and they never touch the
+model's own tensors, flags or hooks (the caller checks that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..adapters import Adapter
+from ..calibration.distributed import Reducer
+from ..errors import HfPxError
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class ScoringContext:
+    model: nn.Module
+    adapter: Adapter
+    params: dict[str, nn.Parameter]  # prunable, by name
+    masks: dict[str, torch.Tensor]  # bool, True = kept
+    reducer: Reducer = field(default_factory=Reducer)
+    seed: int = 0
+    round_index: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def effective(self, name: str) -> torch.Tensor:
+        """theta * mask, detached."""
+        p = self.params[name].detach()
+        return p * self.masks[name].to(p.dtype)
+
+
+@dataclass
+class Method:
+    name: str
+    score: Callable[[ScoringContext, Sequence[Batch]], dict[str, torch.Tensor]]
+    needs_labels: bool = False
+    needs_data: bool = True
+    default_rounds: int = 1
+    options: tuple[str, ...] = ()
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """Logits from a model output: a tensor, an object with `.logits`, or a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise HfPxError(
+        "the model returned neither logits nor an output with `.logits`; "
+        "pass an image classifier (e.g. AutoModelForImageClassification)"
+    )
+
+
+def call(model: nn.Module, tensors: dict[str, torch.Tensor], pixel_values: torch.Tensor):
+    """``model(pixel_values=...)`` with `tensors` substituted for parameters/buffers."""
+    out = functional_call(
+        model, tensors, args=(), kwargs={"pixel_values": pixel_values}, strict=False
+    )
+    return logits_of(out)
+
+
+def cloned_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Fresh copies of every buffer: BatchNorm in train mode updates its running
+    stats in place, and the model's own must stay untouched."""
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+def masked_tensors(ctx: ScoringContext) -> dict[str, torch.Tensor]:
+    """Every parameter, prunable ones multiplied by their mask, all detached."""
+    out = {n: p.detach() for n, p in ctx.model.named_parameters()}
+    for n in ctx.params:
+        out[n] = ctx.effective(n)
+    return out
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train_types: tuple[type, ...] = ()) -> Iterator[None]:
+    """Put `model` in eval mode, with modules of `train_types` in train mode; restore."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for m in model.modules():
+            if train_types and isinstance(m, train_types):
+                m.train()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def hooks(handles: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def require_labels(batches: Sequence[Batch], method: str) -> None:
+    for b in batches:
+        if b.get("labels") is None:
+            raise HfPxError(
+                f"method {method!r} needs labels: give batches with a 'labels' tensor "
+                "(or pick a data-only method such as px, synflow, magnitude, random)"
+            )
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, implementation: str) -> Iterator[None]:
+    """Temporarily route `transformers` attention through `implementation`
+    (a name known to `AttentionInterface`); restores the previous choice."""
+    configs = {}
+    for module in [model, *model.modules()]:
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation_internal"):
+            configs[id(cfg)] = cfg
+    saved = {k: c._attn_implementation_internal for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation_internal = implementation
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation_internal = saved[k]
