@@ -6,7 +6,7 @@ import logging
 
 from torch import nn
 
-from .base import Adapter, Gate, Norm
+from .base import Adapter, Attention, Gate, Norm
 
 logger = logging.getLogger(__name__)
 
@@ -42,4 +42,12 @@ def registered_model_types() -> list[str]:
 
 from . import families  # noqa: E402,F401  (registers the built-in families)
 
-__all__ = ["Adapter", "Gate", "Norm", "get_adapter", "register_adapter", "registered_model_types"]
+__all__ = [
+    "Adapter",
+    "Attention",
+    "Gate",
+    "Norm",
+    "get_adapter",
+    "register_adapter",
+    "registered_model_types",
+]

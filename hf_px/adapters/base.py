@@ -187,6 +187,10 @@ class Adapter:
                 out.append(Norm(name, module, kind))
         return out
 
+    def attention(self, model: nn.Module) -> list[Attention]:
+        """Softmax attentions whose probabilities PX reads as token-mixing gates."""
+        return find_attention(model)
+
     def norm_parameter_names(self, model: nn.Module) -> set[str]:
         names: set[str] = set()
         for norm in self.norms(model):
@@ -202,3 +206,33 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise HfPxError(
             f"invalid --exclude regular expression {pattern!r} ({exc}); fix the pattern"
         ) from None
+
+
+@dataclass
+class Attention:
+    """A `transformers` attention module that dispatches through `AttentionInterface`
+    and projects with `q_proj`/`k_proj`/`v_proj` Linear layers."""
+
+    name: str
+    module: nn.Module
+    q: str  # parameter names of the projection weights
+    k: str
+    v: str
+
+
+def find_attention(model: nn.Module) -> list[Attention]:
+    out = []
+    for name, module in model.named_modules():
+        projs = [getattr(module, a, None) for a in ("q_proj", "k_proj", "v_proj")]
+        if all(isinstance(p, nn.Linear) for p in projs) and hasattr(module, "config"):
+            prefix = f"{name}." if name else ""
+            out.append(
+                Attention(
+                    name,
+                    module,
+                    q=f"{prefix}q_proj.weight",
+                    k=f"{prefix}k_proj.weight",
+                    v=f"{prefix}v_proj.weight",
+                )
+            )
+    return out

@@ -32,12 +32,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..adapters.base import BATCH_NORM, GROUP_NORM, LAYER_NORM, Gate, Norm
+from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
+from . import auxnets
+from .auxnets import AuxState
 from .base import (
     Batch,
     Method,
     ScoringContext,
+    attention_implementation,
     call,
     cloned_buffers,
     hooks,
@@ -48,126 +51,6 @@ from .base import (
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-# -- gates -----------------------------------------------------------------------------
-def _pre_stash(store: dict[int, torch.Tensor]):
-    """Keep the pre-activation (cloned if the activation works in place)."""
-
-    def hook(module, inputs):
-        z = inputs[0]
-        store[id(module)] = z.clone() if getattr(module, "inplace", False) else z
-
-    return hook
-
-
-def _record_hooks(gates: list[Gate], recorded: dict[int, list[torch.Tensor]]):
-    handles = []
-    for g in gates:
-
-        def rec(module, inputs, fn=g.fn):
-            recorded[id(module)].append(fn(inputs[0].detach()))
-
-        handles.append(g.module.register_forward_pre_hook(rec))
-    return handles
-
-
-def _replay_hooks(gates: list[Gate], recorded: dict[int, list[torch.Tensor]]):
-    """Data net: act(z) -> z * gate_recorded (the real model's gate, in call order)."""
-    stash: dict[int, torch.Tensor] = {}
-    handles = []
-    for g in gates:
-        handles.append(g.module.register_forward_pre_hook(_pre_stash(stash)))
-
-        def replay(module, inputs, output):
-            return stash.pop(id(module)) * recorded[id(module)].pop(0)
-
-        handles.append(g.module.register_forward_hook(replay))
-    return handles
-
-
-def _identity_hooks(gates: list[Gate]):
-    """Kernel net: every gate removed, act(z) -> z."""
-    stash: dict[int, torch.Tensor] = {}
-    handles = []
-    for g in gates:
-        handles.append(g.module.register_forward_pre_hook(_pre_stash(stash)))
-
-        def ident(module, inputs, output):
-            return stash.pop(id(module))
-
-        handles.append(g.module.register_forward_hook(ident))
-    return handles
-
-
-# -- normalisation in the auxiliary nets ------------------------------------------------------
-def _rms_normalise(module: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """LayerNorm/GroupNorm without centring: x / rms(x) · γ + β (docs/method.md §3).
-
-    Centring is what maps the data net's constant-per-channel activations to
-    0 and zeroes every score; dividing by the RMS keeps the per-token scale
-    normalisation that keeps both nets finite, as BatchNorm does in the reference.
-    """
-    eps = getattr(module, "eps", 1e-5)
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    if kind == GROUP_NORM:
-        n, c = x.shape[:2]
-        g = module.num_groups
-        xs = x.reshape(n, g, -1)
-        y = (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)).reshape_as(x)
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
-        return y
-    if getattr(module, "data_format", "channels_last") == "channels_first":
-        y = x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + eps)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
-        return y
-    dims = tuple(range(-len(module.normalized_shape), 0))
-    y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-def _rms_batch_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm on the net's own batch statistics, without centring."""
-    dims = (0,) + tuple(range(2, x.dim()))
-    y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + module.eps)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    if module.weight is not None:
-        y = y * module.weight.reshape(shape)
-    if module.bias is not None:
-        y = y + module.bias.reshape(shape)
-    return y
-
-
-def _norm_hooks(norms: list[Norm], bn_mode: str = "reference"):
-    handles = []
-    for nm in norms:
-        if nm.kind == BATCH_NORM and bn_mode == "rms":
-            handles.append(
-                nm.module.register_forward_hook(lambda mod, inp, out: _rms_batch_norm(mod, inp[0]))
-            )
-            continue
-        if nm.kind not in (LAYER_NORM, GROUP_NORM):
-            continue
-
-        def replace(module, inputs, output, kind=nm.kind):
-            return _rms_normalise(module, inputs[0], kind)
-
-        handles.append(nm.module.register_forward_hook(replace))
-    return handles
-
-
-# -- the score --------------------------------------------------------------------------
 def untouched_parameter_names(ctx: ScoringContext) -> set[str]:
     keep_classifier = ctx.options.get("keep_classifier", True)
     names = set(ctx.adapter.norm_parameter_names(ctx.model))
@@ -176,55 +59,123 @@ def untouched_parameter_names(ctx: ScoringContext) -> set[str]:
     return names
 
 
-def _kernel_forward(ctx, tensors, ones, gates, norms, bn_mode):
-    """z_kernel on all-ones input (two samples if BatchNorm refuses a single value)."""
-    buffers = cloned_buffers(ctx.model)
-    with (
-        model_mode(ctx.model, BN_TYPES),
-        hooks(_identity_hooks(gates) + _norm_hooks(norms, bn_mode)),
-    ):
+class _Runner:
+    """Runs the model in one of the auxiliary modes (see :mod:`auxnets`)."""
+
+    def __init__(self, ctx: ScoringContext, bn_mode: str, keep_qk: bool) -> None:
+        self.ctx = ctx
+        self.model = ctx.model
+        self.bn_mode = bn_mode
+        self.gates = ctx.adapter.gates(self.model)
+        self.norms = ctx.adapter.norms(self.model)
+        self.attn = ctx.adapter.attention(self.model)
+        self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
+        if self.attn:
+            auxnets.register_attention()
+
+    def _run(self, mode, tensors, x, train_bn):
+        self.state.mode = mode
+        handles = auxnets.gate_hooks(self.gates, self.state)
+        handles += auxnets.norm_hooks(self.norms, self.state, self.bn_mode)
+        if self.state.keep_qk:
+            handles += auxnets.projection_hooks(self.attn, self.state)
+        attn_ctx = (
+            attention_implementation(self.model, auxnets.ATTN_NAME)
+            if self.attn
+            else model_mode(self.model)
+        )
+        with (
+            auxnets.active(self.state),
+            attn_ctx,
+            model_mode(self.model, BN_TYPES if train_bn else ()),
+            hooks(handles),
+        ):
+            return call(self.model, tensors, x)
+
+    def record(self, eff, x):
+        self.state.gates.clear()
+        self.state.attention.clear()
+        self.state.proj_inputs.clear()
+        self.state.replay_pos = 0
+        with torch.no_grad():
+            self._run("record", eff, x, train_bn=False)
+
+    def data(self, data, x):
+        self.state.replay_pos = 0
+        tensors = {**data, **cloned_buffers(self.model)}
+        if self.state.keep_qk:
+            with torch.enable_grad():
+                return self._run("replay", tensors, x.pow(2), train_bn=True)
+        with torch.no_grad():
+            return self._run("replay", tensors, x.pow(2), train_bn=True)
+
+    def kernel(self, kernel, ones):
+        tensors = {**kernel, **cloned_buffers(self.model)}
         try:
-            return call(ctx.model, {**tensors, **buffers}, ones)
-        except ValueError:
+            return self._run("kernel", tensors, ones, train_bn=True)
+        except ValueError:  # BatchNorm refuses one value per channel: two equal samples
             if ones.shape[0] != 1:
                 raise
-            two = torch.ones((2,) + tuple(ones.shape[1:]), dtype=ones.dtype, device=ones.device)
-            return call(ctx.model, {**tensors, **buffers}, two)[:1]
+            two = torch.cat([ones, ones])
+            return self._run("kernel", {**kernel, **cloned_buffers(self.model)}, two, True)[:1]
+
+    def qk_grads(self, z_data, z_kernel, acc):
+        """Add ∂R_batch/∂W_q, ∂R_batch/∂W_k (through the attention gates) to `acc`."""
+        leaves = [c.leaf for c in self.state.attention]
+        r = (z_data * z_kernel.detach()).sum()
+        grads = torch.autograd.grad(r, leaves, allow_unused=True)
+        for n, g in auxnets.qk_gradients(self.state, self.attn, list(grads)).items():
+            acc[n] = acc[n] + g if n in acc else g
 
 
-def _data_forward(ctx, eff, data, x, gates, norms, bn_mode):
-    """z_data on x² with the real masked model's gates (eval mode), no gradient."""
-    model = ctx.model
-    recorded: dict[int, list[torch.Tensor]] = {id(g.module): [] for g in gates}
-    with torch.no_grad():
-        with model_mode(model), hooks(_record_hooks(gates, recorded)):
-            call(model, eff, x)
-        with (
-            model_mode(model, BN_TYPES),
-            hooks(_replay_hooks(gates, recorded) + _norm_hooks(norms, bn_mode)),
-        ):
-            return call(model, {**data, **cloned_buffers(model)}, x.pow(2))
+def _tie_to_value(scores, masks, attn, names_q_k_v):
+    """Budget rule for gate-only weights: q and k of a block take the score
+    distribution of the block's v, rank for rank, so a global threshold keeps them
+    at v's density while their own gate sensitivity decides *which* weights stay."""
+    for a in attn:
+        if a.v not in scores:
+            continue
+        alive_v = masks[a.v].reshape(-1)
+        v_sorted = torch.sort(scores[a.v].reshape(-1)[alive_v]).values
+        for name in (a.q, a.k):
+            if name not in scores or v_sorted.numel() == 0:
+                continue
+            s = scores[name].reshape(-1)
+            alive = masks[name].reshape(-1)
+            idx = torch.nonzero(alive).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            order = torch.sort(s[idx], stable=True).indices  # ascending rank among alive
+            pos = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
+            take = (pos * v_sorted.numel()).long().clamp_(0, v_sorted.numel() - 1)
+            mapped = torch.zeros_like(s)
+            mapped[idx[order]] = v_sorted[take].to(s.dtype)
+            scores[name] = mapped.view_as(scores[name])
+    return scores
 
 
 def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
     """PX scores; see the module docstring and docs/method.md.
 
-    Option ``bn``: ``"reference"`` (default) runs BatchNorm in both auxiliary
-    nets on batch statistics exactly as the official code does, one kernel pass
-    per batch on a batch of ones; ``"rms"`` normalises by the nets' own batch
-    statistics without centring (docs/method.md §4: with centring, the kernel
-    net's pooled features equal Σβ whatever the conv weights, so every conv
-    score of a BatchNorm ResNet is floating-point round-off).
+    Options: ``bn`` — ``"reference"`` (default) runs BatchNorm in both auxiliary
+    nets on batch statistics exactly as the official code does (one kernel pass
+    per batch on a batch of ones); ``"rms"`` normalises by the nets' own batch
+    statistics without centring (docs/method.md §4: with centring, a BatchNorm
+    ResNet's kernel output does not depend on any conv weight, so those scores
+    are round-off). ``qk`` — ``"tied"`` (default; q/k ranked by gate sensitivity,
+    budget tied to the block's v), ``"gate"`` (raw gate sensitivity) or ``"off"``.
     """
     model = ctx.model
     bn_mode = ctx.options.get("bn", "reference")
     if bn_mode not in ("reference", "rms"):
         raise HfPxError(f"px option bn={bn_mode!r} is unknown; use 'reference' or 'rms'")
+    qk_mode = ctx.options.get("qk", "tied")
+    if qk_mode not in ("tied", "gate", "off"):
+        raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
     untouched = untouched_parameter_names(ctx)
-    gates = ctx.adapter.gates(model)
-    norms = ctx.adapter.norms(model)
-    has_bn = any(n.kind == BATCH_NORM for n in norms)
     eff = masked_tensors(ctx)
+    run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off")
+    has_bn = any(n.kind == BATCH_NORM for n in run.norms)
 
     # kernel net: θ² (θ for untouched), prunable entries are leaves
     leaves: dict[str, torch.Tensor] = {}
@@ -246,36 +197,57 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
             data[n] = torch.ones((), dtype=p.dtype, device=p.device).expand_as(p)
     names = list(leaves)
     sample = ctx.options["sample_input"]
+    qk: dict[str, torch.Tensor] = {}
 
     if has_bn and bn_mode == "reference":
         # op for op as the official code: one kernel pass per batch on ones_like(x)
         acc = {n: torch.zeros_like(leaves[n]) for n in names}
         for batch in batches:
             x = batch["pixel_values"]
-            z_data = _data_forward(ctx, eff, data, x, gates, norms, bn_mode)
-            z_kernel = _kernel_forward(ctx, kernel, torch.ones_like(x), gates, norms, bn_mode)
-            r = (z_data * z_kernel).sum()
+            run.record(eff, x)
+            z_data = run.data(data, x)
+            z_kernel = run.kernel(kernel, torch.ones_like(x))
+            if run.state.keep_qk:
+                run.qk_grads(z_data, z_kernel, qk)
+            r = (z_data.detach() * z_kernel).sum()
             grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
             for n, g in zip(names, grads, strict=True):
                 if g is not None:
                     acc[n] += g
         acc = ctx.reducer.all_reduce_dict(acc)
-        return {n: acc[n].abs() * eff[n].pow(2) for n in names}
+        scores = {n: acc[n].abs() * eff[n].pow(2) for n in names}
+    else:
+        # exact shortcut: z_kernel is the same for every sample, so
+        # R = Σ_k (Σ_batches Σ_n z_data[n, k]) · z_kernel[k]
+        ones = torch.ones((1,) + tuple(sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+        z_kernel = run.kernel(kernel, ones)[0]
+        z_sum = torch.zeros(z_kernel.shape, dtype=torch.float64, device=z_kernel.device)
+        for batch in batches:
+            x = batch["pixel_values"]
+            run.record(eff, x)
+            z = run.data(data, x)
+            if run.state.keep_qk:
+                run.qk_grads(z, z_kernel, qk)
+            z_sum += z.detach().to(torch.float64).sum(0)
+        z_sum = ctx.reducer.all_reduce_sum(z_sum)
+        r = (z_sum.to(z_kernel.dtype) * z_kernel).sum()
+        grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
+        scores = {}
+        for n, g in zip(names, grads, strict=True):
+            e2 = eff[n].pow(2)
+            scores[n] = torch.zeros_like(e2) if g is None else g.detach().abs() * e2
 
-    # exact shortcut: z_kernel is the same for every sample, R = Σ_k (Σ z_data)_k z_kernel,k
-    ones = torch.ones((1,) + tuple(sample.shape[1:]), dtype=sample.dtype, device=sample.device)
-    z_kernel = _kernel_forward(ctx, kernel, ones, gates, norms, bn_mode)[0]
-    z_sum = torch.zeros(z_kernel.shape, dtype=torch.float64, device=z_kernel.device)
-    for batch in batches:
-        z = _data_forward(ctx, eff, data, batch["pixel_values"], gates, norms, bn_mode)
-        z_sum += z.to(torch.float64).sum(0)
-    z_sum = ctx.reducer.all_reduce_sum(z_sum)
-    r = (z_sum.to(z_kernel.dtype) * z_kernel).sum()
-    grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
-    scores = {}
-    for n, g in zip(names, grads, strict=True):
-        e2 = eff[n].pow(2)
-        scores[n] = torch.zeros_like(e2) if g is None else g.detach().abs() * e2
+    if run.state.keep_qk:
+        # S_j = ½ |θ_j ∂R/∂θ_j| — equals |∂R/∂θ_j²| θ_j² wherever both are defined
+        for a in run.attn:
+            for n in (a.q, a.k):
+                qk.setdefault(n, torch.zeros_like(eff[n]))
+        qk = ctx.reducer.all_reduce_dict(dict(sorted(qk.items())))
+        for n, g in qk.items():
+            if n in scores:
+                scores[n] = scores[n] + 0.5 * (g * eff[n]).abs()
+        if qk_mode == "tied":
+            scores = _tie_to_value(scores, ctx.masks, run.attn, None)
     return scores
 
 
