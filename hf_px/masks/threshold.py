@@ -55,7 +55,7 @@ def floors(masks: dict[str, torch.Tensor], density: float, ratio: float) -> dict
     if ratio <= 0:
         return {n: 0 for n in masks}
     return {
-        n: min(int(m.sum()), max(1, math.ceil(ratio * density * m.numel())))
+        n: min(int(m.sum()), max(1, math.ceil(ratio * density * m.numel() - 1e-9)))
         for n, m in masks.items()
     }
 
