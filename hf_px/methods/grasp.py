@@ -42,7 +42,9 @@ def _score(ctx, batches, temperature, tensors, leaves, names):
     g0 = ctx.reducer.all_reduce_dict(
         loss_gradients(ctx, batches, leaves, tensors, temperature=temperature)
     )
-    hg = {n: torch.zeros_like(leaves[n]) for n in names}
+    g0 = {n: g.to(leaves[n].dtype) for n, g in g0.items()}
+    # float64 sums are exact: the result does not depend on the process count
+    hg = {n: torch.zeros_like(leaves[n], dtype=torch.float64) for n in names}
     with model_mode(ctx.model):
         for batch in batches:
             logits = call(ctx.model, tensors, batch["pixel_values"]) / temperature
@@ -58,7 +60,7 @@ def _score(ctx, batches, temperature, tensors, leaves, names):
                 if h is not None:
                     hg[n] += h.detach()
     hg = ctx.reducer.all_reduce_dict(hg)
-    return {n: hg[n] * ctx.effective(n) for n in names}
+    return {n: (hg[n] * ctx.effective(n)).to(leaves[n].dtype) for n in names}
 
 
 METHOD = Method(name="grasp", score=score, needs_labels=True, default_rounds=1)

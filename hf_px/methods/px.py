@@ -125,6 +125,7 @@ class _Runner:
         r = (z_data * z_kernel.detach()).sum()
         grads = torch.autograd.grad(r, leaves, allow_unused=True)
         for n, g in auxnets.qk_gradients(self.state, self.attn, list(grads)).items():
+            g = g.to(torch.float64)  # exact sums: independent of the process count
             acc[n] = acc[n] + g if n in acc else g
 
 
@@ -201,7 +202,8 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
 
     if has_bn and bn_mode == "reference":
         # op for op as the official code: one kernel pass per batch on ones_like(x)
-        acc = {n: torch.zeros_like(leaves[n]) for n in names}
+        # float64: exact sums, so the result does not depend on the process count
+        acc = {n: torch.zeros_like(leaves[n], dtype=torch.float64) for n in names}
         for batch in batches:
             x = batch["pixel_values"]
             run.record(eff, x)
@@ -215,7 +217,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
                 if g is not None:
                     acc[n] += g
         acc = ctx.reducer.all_reduce_dict(acc)
-        scores = {n: acc[n].abs() * eff[n].pow(2) for n in names}
+        scores = {n: (acc[n].abs() * eff[n].pow(2)).to(eff[n].dtype) for n in names}
     else:
         # exact shortcut: z_kernel is the same for every sample, so
         # R = Σ_k (Σ_batches Σ_n z_data[n, k]) · z_kernel[k]
@@ -241,11 +243,11 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
         # S_j = ½ |θ_j ∂R/∂θ_j| — equals |∂R/∂θ_j²| θ_j² wherever both are defined
         for a in run.attn:
             for n in (a.q, a.k):
-                qk.setdefault(n, torch.zeros_like(eff[n]))
+                qk.setdefault(n, torch.zeros_like(eff[n], dtype=torch.float64))
         qk = ctx.reducer.all_reduce_dict(dict(sorted(qk.items())))
         for n, g in qk.items():
             if n in scores:
-                scores[n] = scores[n] + 0.5 * (g * eff[n]).abs()
+                scores[n] = scores[n] + (0.5 * (g * eff[n]).abs()).to(scores[n].dtype)
         if qk_mode == "tied":
             scores = _tie_to_value(scores, ctx.masks, run.attn, None)
     return scores

@@ -30,9 +30,10 @@ def loss_gradients(
     tensors: dict[str, torch.Tensor],
     temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Σ_batches ∂L_b/∂leaf (this process's share)."""
+    """Σ_batches ∂L_b/∂leaf (this process's share), in float64: the float64 sum is
+    exact, hence the same however batches are split over processes."""
     names = list(leaves)
-    acc = {n: torch.zeros_like(leaves[n]) for n in names}
+    acc = {n: torch.zeros_like(leaves[n], dtype=torch.float64) for n in names}
     with model_mode(ctx.model):
         for batch in batches:
             logits = call(ctx.model, tensors, batch["pixel_values"]) / temperature
@@ -49,7 +50,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     leaves = {n: tensors[n].clone().requires_grad_(True) for n in ctx.params}
     tensors.update(leaves)
     grads = ctx.reducer.all_reduce_dict(loss_gradients(ctx, batches, leaves, tensors))
-    return {n: (grads[n] * ctx.effective(n)).abs() for n in ctx.params}
+    return {n: (grads[n] * ctx.effective(n)).abs().to(leaves[n].dtype) for n in ctx.params}
 
 
 METHOD = Method(name="snip", score=score, needs_labels=True, default_rounds=1)
