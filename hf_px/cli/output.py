@@ -1,0 +1,160 @@
+"""What the CLI shows: logging, progress bars, and the final result.
+
+* Logs and progress bars go to stderr, on the main process only; ``--quiet``
+  (or ``HF_PX_DISABLE_PROGRESS_BARS=1``) silences the bars and info logs, also
+  those of transformers, datasets and huggingface_hub.
+* ``--json``: stdout carries exactly one JSON object. Anything a library would
+  print on stdout meanwhile is sent to stderr (:func:`stdout_to_stderr`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+_STATE = {"quiet": False, "main": True}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_main_by_env() -> bool:
+    """Rank from the launcher (torchrun/accelerate) before any Accelerator exists."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("", "0")
+
+
+def setup(*, quiet: bool, debug: bool) -> None:
+    _STATE["quiet"] = quiet or _env_flag("HF_PX_DISABLE_PROGRESS_BARS")
+    _STATE["main"] = _is_main_by_env()
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    if not _STATE["main"]:
+        level = logging.ERROR if not debug else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("hf_px")
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    if not progress_enabled():
+        # before the libraries are imported, so their own bars obey too
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if quiet or not _STATE["main"]:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
+
+
+def set_main_process(is_main: bool) -> None:
+    """Called once the Accelerator knows the rank."""
+    _STATE["main"] = bool(is_main)
+    if not is_main:
+        logging.getLogger("hf_px").setLevel(logging.ERROR)
+        silence_library_bars()
+
+
+def is_main() -> bool:
+    return _STATE["main"]
+
+
+def progress_enabled() -> bool:
+    return _STATE["main"] and not _STATE["quiet"]
+
+
+def silence_library_bars() -> None:
+    """Turn off transformers'/datasets'/hub's own bars (already imported)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    with contextlib.suppress(Exception):
+        import huggingface_hub.utils as hub_utils
+
+        hub_utils.disable_progress_bars()
+    with contextlib.suppress(Exception):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    with contextlib.suppress(Exception):
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def bar(total: int | None = None, desc: str = "", unit: str = "it"):
+    """A tqdm bar on stderr (a disabled one off the main process or when quiet)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not progress_enabled(),
+        dynamic_ncols=True,
+        leave=True,
+    )
+
+
+@contextlib.contextmanager
+def phase(desc: str, timings: dict[str, float], key: str) -> Iterator[None]:
+    """One step of a command: a one-tick bar (shows elapsed time) + its timing."""
+    t0 = time.perf_counter()
+    with bar(total=1, desc=desc, unit="step") as b:
+        yield
+        b.update(1)
+    timings[key] = round(time.perf_counter() - t0, 3)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[Any]:
+    """While a ``--json`` command runs, whatever is printed goes to stderr."""
+    real = sys.stdout
+    if not enabled:
+        yield real
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield real
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf → None (strict JSON has neither), tuples → lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def emit_json(obj: dict[str, Any], stream: Any) -> None:
+    if not is_main():
+        return
+    stream.write(json.dumps(_clean(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    stream.flush()
+
+
+def say(text: str = "") -> None:
+    """Human-readable output on stdout, main process only."""
+    if is_main():
+        print(text)
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"

@@ -1,0 +1,91 @@
+"""Model references on the command line: shipped aliases, names, and loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import HfPxError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# short names for the models hf-px ships (usable wherever MODEL is expected)
+SHIPPED = {"px-digits-resnet": ASSETS / "digits-resnet"}
+
+
+def resolve(reference: str) -> str:
+    """A shipped alias → its folder; anything else unchanged (Hub id or path)."""
+    if reference in SHIPPED and not Path(reference).exists():
+        return str(SHIPPED[reference])
+    return reference
+
+
+def model_name(reference: str) -> str:
+    """The last component of a Hub id or path: ``google/vit-base`` → ``vit-base``."""
+    if reference in SHIPPED:
+        return reference
+    name = Path(str(reference).rstrip("/\\")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def sparsity_tag(sparsity: float) -> str:
+    """0.9 → ``90``, 0.975 → ``97.5``."""
+    return f"{round(100 * sparsity, 4):g}"
+
+
+def default_output_dir(reference: str, sparsity: float) -> Path:
+    return Path(f"{model_name(reference)}-px{sparsity_tag(sparsity)}")
+
+
+def not_available(feature: str) -> HfPxError:
+    return HfPxError(f"{feature} is not available yet in this hf-px build; update hf-px")
+
+
+def load(reference: str, args: Any = None) -> tuple[Any, Any]:
+    """(model, image processor or None) through :func:`hf_px.checkpoint.load_model`."""
+    try:
+        from ..checkpoint import load_model
+    except ImportError:
+        raise not_available("loading models (hf_px.checkpoint.load_model)") from None
+    return load_model(
+        resolve(reference),
+        allow_pickle=bool(getattr(args, "allow_pickle", False)),
+        trust_remote_code=bool(getattr(args, "trust_remote_code", False)),
+    )
+
+
+def source_info(reference: str) -> dict[str, str]:
+    """``{"model_id"}`` for a Hub id, ``{"local_path"}`` for a folder (never in files)."""
+    path = Path(resolve(reference)).expanduser()
+    if path.exists():
+        return {"local_path": str(path)}
+    return {"model_id": reference}
+
+
+def public_name(reference: str | None) -> str | None:
+    """How a data set or model is named in written files: Hub ids as they are,
+    local paths by their last component only (no local path is ever written)."""
+    if reference is None:
+        return None
+    path = Path(reference).expanduser()
+    if path.exists() or reference.startswith((".", "/", "~")) or "\\" in reference:
+        return path.name or "local"
+    return reference
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Fail before any work when the output directory would be refused anyway."""
+    if path.exists() and not path.is_dir():
+        raise HfPxError(f"--output-dir {path} is a file; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise HfPxError(
+            f"output directory {path} exists and is not empty; "
+            "pass --overwrite to replace it or choose another --output-dir"
+        )
+
+
+def size_on_disk(path: str | Path) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
