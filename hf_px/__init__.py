@@ -7,6 +7,7 @@ Public API — everything else may change::
 
 __version__ = "0.1.0"
 
+from .checkpoint import save_pruned  # noqa: E402  (also registers the bitmask loader, lazily)
 from .config import PruningConfig, PruningResult  # noqa: E402
 from .errors import HfPxError, HfPxFailure  # noqa: E402
 from .methods import METHODS  # noqa: E402
@@ -21,4 +22,5 @@ __all__ = [
     "__version__",
     "compute_scores",
     "prune",
+    "save_pruned",
 ]

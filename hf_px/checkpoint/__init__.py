@@ -1,0 +1,15 @@
+"""Sparse checkpoints that plain ``from_pretrained`` loads.
+
+``save_pruned`` writes a Hugging Face model directory in the ``dense`` or
+``bitmask`` format; importing this package registers (lazily, see
+:mod:`.quantizer`) the transformers quantization method that decodes
+``bitmask`` checkpoints on load.
+"""
+
+from .inspect import inspect_checkpoint
+from .quantizer import install as _install
+from .save import FORMATS, load_model, save_pruned
+
+_install()
+
+__all__ = ["FORMATS", "inspect_checkpoint", "load_model", "save_pruned"]

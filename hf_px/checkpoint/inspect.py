@@ -1,0 +1,143 @@
+"""Read a saved checkpoint directory: format, per-tensor sparsity, size on disk, pruning config.
+
+Used by ``hf-px inspect``. Reads safetensors headers and, for dense tensors,
+the tensors themselves (to count zeros); never imports or runs model code.
+A tensor's sparsity is the fraction of its elements equal to 0 (for `bitmask`
+tensors: the elements not stored, which are exactly +0.0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import CONFIG_NAME, REPORT_NAME
+from ..errors import HfPxError
+from . import bitmask
+from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
+
+_DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16}
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Describe the checkpoint in directory `path` as a JSON-able dict.
+
+    Keys: ``format`` ("dense" | "bitmask"), ``model_type``, ``weight_files``,
+    ``size_bytes`` (weight files), ``total_bytes`` (all files), ``num_elements``,
+    ``sparsity`` (over the pruned tensors when a sparsity report is present, else
+    over all tensors of rank ≥ 2), ``tensors`` ({name: shape, dtype, numel,
+    zeros, sparsity, storage, stored_bytes}), ``pruning_config`` (or None).
+    """
+    from safetensors import safe_open
+
+    root = Path(path).expanduser()
+    if not (root / "config.json").is_file():
+        raise HfPxError(f"{path} is not a saved model directory (no config.json)")
+    config = json.loads((root / "config.json").read_text())
+    qc = config.get("quantization_config") or {}
+    fmt = "bitmask" if qc.get("quant_method") == QUANT_METHOD else "dense"
+    files = _weight_files(root)
+    tensors: dict[str, dict[str, Any]] = {}
+    for fname in files:
+        with safe_open(str(root / fname), framework="pt") as f:
+            keys = set(f.keys())
+            for key in sorted(keys):
+                if key == MARKER_KEY or key.endswith(INDEX_SUFFIX):
+                    continue
+                sl = f.get_slice(key)
+                dtype = sl.get_dtype()
+                idx_key = key + INDEX_SUFFIX
+                if idx_key in keys:
+                    idx = f.get_tensor(idx_key)
+                    head = bitmask.read_header(idx)
+                    shape = list(head.shape)
+                    numel = head.numel
+                    stored = head.numel if head.codec == bitmask.CODEC_FULL else head.count
+                    zeros = numel - stored
+                    width = _DTYPE_BITS.get(dtype, 8) // 8
+                    stored_bytes = sl.get_shape()[0] * width + idx.numel()
+                    storage = head.codec_name
+                else:
+                    t = f.get_tensor(key)
+                    shape = list(t.shape)
+                    numel = t.numel()
+                    zeros = int((t == 0).sum()) if t.numel() else 0
+                    stored_bytes = numel * t.element_size()
+                    storage = "dense"
+                tensors[key] = {
+                    "shape": shape,
+                    "dtype": dtype,
+                    "numel": numel,
+                    "zeros": zeros,
+                    "sparsity": zeros / numel if numel else 0.0,
+                    "storage": storage,
+                    "stored_bytes": stored_bytes,
+                }
+    report = _read_json(root / REPORT_NAME)
+    pruned = _pruned_tensors(tensors, (report or {}).get("per_tensor", {}))
+    scope = pruned or {k for k, v in tensors.items() if len(v["shape"]) >= 2}
+    n = sum(tensors[k]["numel"] for k in scope)
+    z = sum(tensors[k]["zeros"] for k in scope)
+    all_files = [p for p in root.rglob("*") if p.is_file()]
+    return {
+        "format": fmt,
+        "model_type": config.get("model_type"),
+        "architectures": config.get("architectures"),
+        "weight_files": files,
+        "size_bytes": sum((root / f).stat().st_size for f in files),
+        "total_bytes": sum(p.stat().st_size for p in all_files),
+        "num_elements": sum(v["numel"] for v in tensors.values()),
+        "sparsity": z / n if n else 0.0,
+        "sparsity_scope": "pruned tensors" if pruned else "tensors of rank >= 2",
+        "tensors": tensors,
+        "pruning_config": _read_json(root / CONFIG_NAME),
+    }
+
+
+def _pruned_tensors(tensors: dict[str, dict], per_tensor: dict[str, dict]) -> set[str]:
+    """The stored tensors the sparsity report describes.
+
+    The report names parameters as the model does; a `dense` checkpoint stores
+    them under transformers' original (checkpoint) names, which may differ. Then
+    each report entry is matched to an unused stored tensor with the same shape
+    and the same number of zeros — any such tensor gives the same totals. An
+    entry without a match (weights changed since) means no scope: empty set.
+    """
+    if not per_tensor:
+        return set()
+    if set(per_tensor) <= set(tensors):
+        return set(per_tensor)
+    free: dict[tuple, list[str]] = {}
+    for name, info in tensors.items():
+        free.setdefault((tuple(info["shape"]), info["zeros"]), []).append(name)
+    found = set()
+    for entry in per_tensor.values():
+        bucket = free.get((tuple(entry.get("shape", ())), entry.get("pruned")))
+        if not bucket:
+            return set()
+        found.add(bucket.pop())
+    return found
+
+
+def _weight_files(root: Path) -> list[str]:
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (root / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    if any(root.glob("*.bin")):
+        raise HfPxError(
+            f"{root} has only pickle (.bin) weights; hf-px inspect reads safetensors only"
+        )
+    raise HfPxError(f"{root} has no model.safetensors; not a saved checkpoint")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HfPxError(f"{path.name} is not valid JSON; re-save the checkpoint") from None

@@ -1,0 +1,446 @@
+"""`save_pruned` (atomic, two storage formats) and `load_model` (safe loading for the CLI).
+
+Layout written (a standard Hugging Face model directory)::
+
+    config.json                  + quantization_config for `bitmask`
+    model.safetensors            or model-0000k-of-0000n.safetensors + index
+    preprocessor_config.json     when an image processor is given
+    pruning_config.json          PruningConfig (reproduces the run)
+    sparsity_report.json         PruningResult.report()
+    README.md (+ card assets)    hf_px.card.write_card, when that module exists
+
+Formats:
+
+* ``dense`` — transformers' own ``save_pretrained`` output, zeros in place:
+  any ``from_pretrained`` loads it, no hf-px needed.
+* ``bitmask`` — the same files, then every pruned ``*.weight`` tensor is
+  replaced by its 1-D non-zero values (under the weight's own name) and a uint8
+  ``*.weight_hfpx_index`` (:mod:`hf_px.checkpoint.bitmask`). ``import hf_px``
+  makes ``from_pretrained`` decode them (:mod:`hf_px.checkpoint.quantizer`);
+  plain transformers refuses the shapes instead of loading random weights.
+
+Everything is written into a temporary directory beside the target and renamed
+into place, so a failure leaves nothing behind and a reader never sees half a
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import REPORT_NAME, PruningConfig, PruningResult
+from ..errors import HfPxError, HfPxFailure
+from . import bitmask
+from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("dense", "bitmask")
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+_TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".csv")
+
+
+def save_pruned(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    result: PruningResult,
+    *,
+    image_processor: Any = None,
+    format: str = "dense",
+    overwrite: bool = False,
+    source: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    card: bool = True,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write `model` (pruned by `result`) as a Hugging Face model directory; returns its path.
+
+    ``format``: ``"dense"`` (default, loads anywhere) or ``"bitmask"`` (small;
+    needs ``import hf_px`` before ``from_pretrained``). An existing non-empty
+    `output_dir` is replaced only with ``overwrite=True``; the directory the
+    model was loaded from is never written. ``source`` (``{"model_id",
+    "local_path"}``), ``calibration`` and ``evaluation`` are passed to the model
+    card. Raises :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
+    """
+    if format not in FORMATS:
+        raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
+    if not isinstance(model, nn.Module) or not hasattr(model, "save_pretrained"):
+        raise HfPxError(
+            "save_pruned needs a transformers model (e.g. from AutoModelForImageClassification)"
+        )
+    if not isinstance(result, PruningResult):
+        raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
+    _check_masks(model, result)
+    target = Path(output_dir).expanduser()
+    _check_target(target, overwrite, _input_dirs(model, source))
+
+    parent = target.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HfPxFailure(
+            f"cannot create {parent}: {e.strerror}; choose a writable --output"
+        ) from None
+    # absolute paths in the run's own records would leak the machine's layout
+    result = dataclasses.replace(
+        result, config=PruningConfig.from_dict(_scrub_paths(result.config.to_dict()))
+    )
+    calibration = _scrub_paths(calibration)
+    evaluation = _scrub_paths(evaluation)
+    with _staging(parent, target.name) as tmp:
+        # bitmask: keys as the model names its parameters (= the masks' names), so no
+        # load-time renaming has to carry the index tensors along
+        model.save_pretrained(
+            tmp, max_shard_size=max_shard_size, save_original_format=format == "dense"
+        )
+        if format == "bitmask":
+            _compress_weights(tmp, result)
+            _add_quantization_config(tmp)
+        if image_processor is not None:
+            image_processor.save_pretrained(tmp)
+        try:
+            result.config.save(tmp)
+            report = json.dumps(result.report(), indent=2, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise HfPxError(
+                f"the pruning config is not JSON-serialisable ({e}); keep method options and "
+                "calibration info to strings and numbers"
+            ) from None
+        (tmp / REPORT_NAME).write_text(report + "\n")
+        if card:
+            _write_card(
+                tmp,
+                model=model,
+                result=result,
+                source=source,
+                calibration=calibration,
+                evaluation=evaluation,
+                format=format,
+            )
+        _check_no_local_paths(tmp, [target, parent, *_input_dirs(model, source)])
+        _commit(tmp, target, overwrite)
+    logger.info("saved %s checkpoint to %s", format, target)
+    return target
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_masks(model: nn.Module, result: PruningResult) -> None:
+    params = dict(model.named_parameters())
+    for name, mask in result.masks.items():
+        p = params.get(name)
+        if p is None:
+            raise HfPxError(
+                f"the pruning result has a mask for {name!r}, which the model does not have; "
+                "pass the model that hf_px.prune pruned"
+            )
+        if tuple(mask.shape) != tuple(p.shape):
+            raise HfPxError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}"
+            )
+        pruned = ~mask.to(device=p.device, dtype=torch.bool)
+        if bool((p.detach()[pruned] != 0).any()):
+            raise HfPxError(
+                f"weights of {name!r} that the mask prunes are not zero (was the model changed "
+                "after hf_px.prune?); save the model that prune returned"
+            )
+
+
+def _input_dirs(model: nn.Module, source: dict[str, Any] | None) -> list[Path]:
+    found = []
+    names = [getattr(getattr(model, "config", None), "_name_or_path", None)]
+    if source:
+        names.append(source.get("local_path"))
+    for n in names:
+        if n and Path(str(n)).expanduser().is_dir():
+            found.append(Path(str(n)).expanduser().resolve())
+    return found
+
+
+def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
+    resolved = target.resolve()
+    for d in inputs:
+        if resolved == d or d in resolved.parents or resolved in d.parents:
+            raise HfPxError(
+                f"output directory {target} overlaps the input model directory; "
+                "choose another --output (the input is never modified)"
+            )
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise HfPxError(f"output path {target} exists and is not a directory; choose another")
+        if any(target.iterdir()) and not overwrite:
+            raise HfPxError(
+                f"output directory {target} is not empty; pass --overwrite to replace it"
+            )
+
+
+# ---------------------------------------------------------------- atomic write
+
+
+@contextmanager
+def _staging(parent: Path, name: str) -> Iterator[Path]:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.hf-px-tmp-", dir=parent))
+    except OSError as e:
+        raise HfPxFailure(
+            f"cannot write in {parent}: {e.strerror}; choose a writable --output"
+        ) from None
+    try:
+        yield tmp
+    except OSError as e:
+        raise HfPxFailure(
+            f"writing the checkpoint failed ({e.strerror or e}); nothing was written, "
+            "free disk space or choose another --output"
+        ) from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()
+    if target.exists() or target.is_symlink():
+        if not overwrite:  # raced: someone filled it meanwhile
+            raise HfPxError(
+                f"output directory {target} is not empty; pass --overwrite to replace it"
+            )
+        old = target.parent / f".{target.name}.hf-px-old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+# ---------------------------------------------------------------- bitmask format
+
+
+def _weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
+    index_path = directory / SAFE_INDEX_NAME
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        return sorted(set(index["weight_map"].values())), index
+    if (directory / SAFE_WEIGHTS_NAME).exists():
+        return [SAFE_WEIGHTS_NAME], None
+    raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
+
+
+def _compress_weights(directory: Path, result: PruningResult) -> None:
+    """Rewrite each shard: pruned ``*.weight`` tensors → values + index."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    files, index = _weight_files(directory)
+    wanted = {n for n in result.masks if n.endswith("weight")}
+    skipped = sorted(set(result.masks) - wanted)
+    if skipped:
+        logger.warning("stored dense (name does not end in 'weight'): %s", skipped[:5])
+    encoded: set[str] = set()
+    total = 0
+    for i, fname in enumerate(files):
+        path = directory / fname
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if key in wanted:
+                    values, idx = bitmask.encode(t)
+                    tensors[key] = values
+                    tensors[key + INDEX_SUFFIX] = idx
+                    encoded.add(key)
+                else:
+                    tensors[key] = t
+        if i == 0:
+            tensors[MARKER_KEY] = torch.zeros(1, dtype=torch.uint8)
+        metadata["format"] = "pt"
+        metadata["hf_px_format"] = "bitmask"
+        save_file(tensors, str(path), metadata=metadata)
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        if index is not None:
+            for key in tensors:
+                index["weight_map"][key] = fname
+    missing = sorted(wanted - encoded)
+    if missing:
+        logger.warning("not found in the saved weights, stored dense: %s", missing[:5])
+    if index is not None:
+        index.setdefault("metadata", {})["total_size"] = total
+        (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _add_quantization_config(directory: Path) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config["quantization_config"] = quantization_config_dict()
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- card, privacy
+
+
+def _write_card(directory: Path, **kwargs: Any) -> None:
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("hf_px.card") is None:
+        return
+    write_card = getattr(importlib.import_module("hf_px.card"), "write_card", None)
+    if write_card is None:
+        logger.info("hf_px.card.write_card not available; no model card written")
+        return
+    write_card(directory, **kwargs)
+
+
+def _scrub_paths(value: Any) -> Any:
+    """Absolute or home-relative path strings → their last component, recursively."""
+    if isinstance(value, dict):
+        return {k: _scrub_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_paths(v) for v in value)
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value).name
+    return value
+
+
+def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
+    """No written text file may name a local directory or the user (issue 5)."""
+    needles = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
+    needles.add(str(Path.home()))
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = ""
+    if len(user) >= 3:
+        needles |= {f"/{user}/", f"\\{user}\\"}
+    # short strings ("/a") would match ordinary text ("n/a")
+    needles = {n for n in needles if len(n) >= 4}
+    for f in sorted(directory.rglob("*")):
+        if not f.is_file() or f.suffix not in _TEXT_SUFFIXES:
+            continue
+        text = f.read_text(errors="replace")
+        for n in needles:
+            if n in text:
+                raise HfPxFailure(
+                    f"{f.name} would contain a local path or user name ({n!r}); nothing was "
+                    "written — pass Hub ids or relative names instead of local paths"
+                )
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """Load an image classifier (eval mode) and its image processor (or None).
+
+    Reads safetensors only unless ``allow_pickle`` (a ``.bin`` checkpoint runs
+    pickle code); remote code only with ``trust_remote_code``. Dense and
+    `bitmask` checkpoints both load (hf-px registers the decoder on import).
+    """
+    from .quantizer import install
+
+    install()
+    name = str(name_or_path)
+    config = _load_config(name, trust_remote_code)
+    from transformers import AutoModelForImageClassification
+
+    mapping = AutoModelForImageClassification._model_mapping
+    auto_map = getattr(config, "auto_map", None) or {}
+    if type(config) not in mapping and "AutoModelForImageClassification" not in auto_map:
+        raise HfPxError(
+            f"{name} is a {getattr(config, 'model_type', '?')!r} model, not an image classifier; "
+            "pass an image-classification checkpoint"
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
+    except OSError as e:
+        if not allow_pickle and _has_pickle_weights(name, str(e)):
+            raise HfPxError(
+                f"{name} has only pickle (.bin) weights, which can run arbitrary code; "
+                "pass --allow-pickle if you trust it"
+            ) from None
+        raise HfPxError(f"cannot load weights of {name}: {_first_line(e)}") from None
+    model.eval()
+    return model, _load_image_processor(name, trust_remote_code)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _load_config(name: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    local = Path(name).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise HfPxError(f"{name} is not a model directory (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError:
+        local = Path(name).expanduser()
+        if local.exists():
+            raise HfPxError(f"{name} is not a model directory (no config.json)") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = (
+            "HF_HUB_OFFLINE is set: download it first or pass a local directory"
+            if offline
+            else "check the model id, your network, or pass a local directory"
+        )
+        raise HfPxError(f"cannot find model {name!r} locally or on the Hub; {hint}") from None
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise HfPxError(
+                f"{name} needs custom code from its repository; pass --trust-remote-code "
+                "if you trust it"
+            ) from None
+        raise HfPxError(f"cannot read the config of {name}: {_first_line(e)}") from None
+
+
+def _has_pickle_weights(name: str, message: str) -> bool:
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return any(local.glob("*.bin")) and not any(local.glob("*.safetensors"))
+    return ".bin" in message or "pytorch_model" in message
+
+
+def _load_image_processor(name: str, trust_remote_code: bool) -> Any:
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as e:
+        logger.info("no image processor for %s (%s)", name, _first_line(e))
+        return None
