@@ -1,0 +1,460 @@
+"""The model card of a pruned checkpoint: metadata, body, density chart.
+
+The card is rendered by ``huggingface_hub.ModelCard.from_template`` from the
+Jinja template ``model_cards/pruned_model_card.md`` (shipped as a byte-identical
+copy in ``hf_px/card/templates/``); this module only computes the values the
+template shows. Nothing machine-specific reaches the card: local paths are
+reduced to their last component, ``base_model``/``datasets`` only ever hold Hub
+ids, and no token or user name is read.
+
+Multiply-accumulates (MACs) are counted with forward hooks on every Conv2d and
+Linear layer for one input of the model's image size: a Conv2d output element
+costs ``C_in/groups · k_h · k_w`` MACs, a Linear one ``in_features``. Each
+weight of such a layer takes part in the same number of MACs (up to padding at
+the borders), so a kernel that skips zero weights needs ``density × dense``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PruningResult
+from ..errors import HfPxError, HfPxFailure
+
+logger = logging.getLogger(__name__)
+
+README_NAME = "README.md"
+CHART_NAME = "layer_density.png"
+TEMPLATE_NAME = "pruned_model_card.md"
+FORMATS = ("dense", "bitmask")
+DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
+
+_PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
+_SOURCE_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
+
+_METHOD_LABELS = {
+    "px": "PX (Path eXclusion)",
+    "snip": "SNIP",
+    "grasp": "GraSP",
+    "synflow": "SynFlow",
+    "magnitude": "global magnitude",
+    "random": "random pruning",
+}
+_METHOD_REFERENCES = {
+    "snip": 'Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection '
+    'Sensitivity", ICLR 2019',
+    "grasp": 'Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving '
+    'Gradient Flow", ICLR 2020',
+    "synflow": 'Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by '
+    'iteratively conserving synaptic flow", NeurIPS 2020',
+}
+# NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
+
+
+def template_path() -> Path:
+    """The card template: the packaged copy, else the repo's ``model_cards/`` source."""
+    for path in (_PACKAGED_TEMPLATE, _SOURCE_TEMPLATE):
+        if path.is_file():
+            return path
+    raise HfPxFailure("the model card template is missing from the hf-px install; reinstall hf-px")
+
+
+def write_card(
+    output_dir: str | Path,
+    *,
+    model: nn.Module,
+    result: PruningResult,
+    source: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    format: str = "dense",  # noqa: A002 (mirrors the CLI's --format)
+    repo_id: str | None = None,
+) -> Path:
+    """Write ``README.md`` and ``layer_density.png`` (embedded in it) into `output_dir`.
+
+    `source`: ``{"model_id": Hub id or None, "local_path": path or None,
+    "license": optional}``. `calibration`: ``{"dataset": Hub id or name,
+    "num_samples": int, "split": ...}`` (defaults to ``result.config.calibration``).
+    `evaluation`: ``{"dataset", "split", "accuracy_before", "accuracy_after",
+    "loss_before", "loss_after", "num_samples"}``; it adds a ``model-index``. `repo_id`, when the
+    caller knows where the folder will be pushed, goes into the loading snippet.
+    Returns the card's path.
+    """
+    from huggingface_hub import ModelCard
+
+    if format not in FORMATS:
+        raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
+    if not isinstance(result, PruningResult):
+        raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context = card_context(
+        model,
+        result,
+        source=source or {},
+        calibration=calibration if calibration is not None else result.config.calibration,
+        evaluation=evaluation,
+        storage_format=format,
+        repo_id=repo_id,
+    )
+    _write_atomic(out / CHART_NAME, lambda tmp: _plot_density(context["rows"], context, tmp))
+    card = ModelCard.from_template(
+        card_metadata(context), template_path=str(template_path()), **context
+    )
+    text = str(card)
+    _write_atomic(out / README_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    logger.info("wrote the model card %s", README_NAME)
+    return out / README_NAME
+
+
+# -- values ------------------------------------------------------------------------------
+def card_context(
+    model: nn.Module,
+    result: PruningResult,
+    *,
+    source: dict[str, Any],
+    calibration: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    storage_format: str,
+    repo_id: str | None = None,
+) -> dict[str, Any]:
+    """Everything the template shows, as plain JSON-able values."""
+    config = result.config
+    model_config = getattr(model, "config", None)
+    family = getattr(model_config, "model_type", None) or config.model_type or "custom"
+    base_model = resolve_base_model(source, model)
+    masks = result.masks
+    macs = count_macs(model, masks)
+    rows = []
+    for name, mask in masks.items():
+        kept = int(mask.sum())
+        module = name[: -len(".weight")] if name.endswith(".weight") else name
+        rows.append(
+            {
+                "name": name,
+                "shape": list(mask.shape),
+                "numel": mask.numel(),
+                "kept": kept,
+                "density": kept / mask.numel() if mask.numel() else 0.0,
+                "macs": macs["per_layer"].get(module, 0) if macs else 0,
+            }
+        )
+    total_params = sum(p.numel() for p in model.parameters())
+    method_name = config.method
+    title_base = base_model.split("/")[-1] if base_model else family
+    title = f"{title_base} pruned to {100 * result.sparsity:.0f}% sparsity ({method_name})"
+    return {
+        "title": title,
+        "model_name": f"{title_base}-{method_name}-sparse{round(100 * result.sparsity)}",
+        "base_model": base_model,
+        "family": family,
+        "family_label": _family_label(model, family),
+        "method": {
+            "name": method_name,
+            "label": _METHOD_LABELS.get(method_name, method_name),
+            "needs_data": _needs_data(method_name),
+        },
+        "method_reference": _METHOD_REFERENCES.get(method_name),
+        "config": config.to_dict(),
+        "achieved": {
+            "sparsity": result.sparsity,
+            "num_pruned": result.num_pruned,
+            "num_prunable": result.num_prunable,
+        },
+        "totals": {
+            "parameters": total_params,
+            "nonzero_parameters": total_params - result.num_pruned,
+        },
+        "rows": rows,
+        "macs": {"dense": macs["dense"], "remaining": macs["remaining"]} if macs else None,
+        "example_shape": list(_example_shape(model)),
+        "calibration": _calibration_view(calibration or {}),
+        "evaluation": _evaluation_view(evaluation) if evaluation else None,
+        "chart": CHART_NAME,
+        # the snippet must run as written: the Hub id when known, else the folder itself
+        "load_id": repo_id or ".",
+        "storage_format": storage_format,
+        "hf_px_version": config.hf_px_version,
+        "license_id": _license(source, base_model),
+    }
+
+
+def card_metadata(context: dict[str, Any]):
+    """The YAML header: what the Hub indexes (base model, task, tags, data, results)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    tags = ["pruned", "sparse", "px", context["method"]["name"], context["family"], "hf-px"]
+    calibration_id = context["calibration"].get("hub_id")
+    eval_results = None
+    evaluation = context["evaluation"]
+    if evaluation:
+        dataset_type = evaluation["hub_id"] or evaluation["dataset"]
+        metrics = [("accuracy", "Top-1 accuracy", evaluation["accuracy_after"])]
+        metrics.append(("loss", "Cross-entropy loss", evaluation["loss_after"]))
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset_type,
+                dataset_name=evaluation["dataset"],
+                dataset_split=evaluation["split"],
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=value,
+            )
+            for metric_type, metric_name, value in metrics
+            if value is not None
+        ] or None
+    return ModelCardData(
+        base_model=context["base_model"],
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=context["license_id"],
+        tags=tags,
+        datasets=[calibration_id] if calibration_id else None,
+        eval_results=eval_results,
+        model_name=context["model_name"] if eval_results else None,
+    )
+
+
+def looks_like_hub_id(value: Any) -> bool:
+    """NAMESPACE/NAME that is not also a local path (a relative dir can look like an id)."""
+    if not isinstance(value, str) or not _HUB_ID.fullmatch(value):
+        return False
+    if value.startswith((".", "~")) or ".." in value or value.endswith((".git", ".")):
+        return False
+    return not os.path.exists(value)
+
+
+def resolve_base_model(source: dict[str, Any], model: nn.Module) -> str | None:
+    """The Hub id the pruned model derives from, or None; never a local path.
+
+    Order: ``source["model_id"]``; the ``_name_or_path`` recorded in the local
+    source's ``config.json`` (transformers 4 wrote it); the in-memory
+    ``config._name_or_path`` (set by ``from_pretrained`` to what it was given).
+    """
+    candidates = [source.get("model_id")]
+    local = source.get("local_path")
+    if local:
+        candidates.append(_read_json(Path(local) / "config.json").get("_name_or_path"))
+    candidates.append(getattr(getattr(model, "config", None), "_name_or_path", None))
+    for candidate in candidates:
+        if looks_like_hub_id(candidate):
+            return candidate
+    return None
+
+
+def _license(source: dict[str, Any], base_model: str | None) -> str | None:
+    """The source's license: given, else from its card (local folder or HF cache)."""
+    if source.get("license"):
+        return str(source["license"])
+    cards = []
+    if source.get("local_path"):
+        cards.append(Path(source["local_path"]) / README_NAME)
+    if base_model:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(base_model, README_NAME)
+        if isinstance(cached, str):
+            cards.append(Path(cached))
+    for path in cards:
+        if path.is_file():
+            from huggingface_hub import ModelCard
+
+            try:
+                value = ModelCard.load(path, ignore_metadata_errors=True).data.license
+            except (OSError, ValueError) as exc:
+                logger.warning("could not read the source model card (%s)", type(exc).__name__)
+                continue
+            if value:
+                return str(value)
+    return None
+
+
+def _family_label(model: nn.Module, family: str) -> str:
+    """ "ViT" from ViTForImageClassification; the model_type for other classes."""
+    name = type(model).__name__
+    for suffix in ("ForImageClassification", "ForImageClassificationWithTeacher"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return family
+
+
+def _needs_data(method: str) -> bool:
+    from ..methods import get_method
+
+    try:
+        return bool(get_method(method).needs_data)
+    except HfPxError:
+        return True
+
+
+def _display_name(value: Any) -> str | None:
+    """A dataset reference safe to print: Hub ids as-is, local paths by last component."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if looks_like_hub_id(text):
+        return text
+    if os.sep in text or "/" in text or text.startswith("~") or os.path.exists(text):
+        name = Path(text.rstrip("/\\")).name or "local data"
+        return f"local folder `{name}`"
+    return text
+
+
+def _calibration_view(calibration: dict[str, Any]) -> dict[str, Any]:
+    dataset = calibration.get("dataset")
+    hub_id = calibration.get("hub_id") or (dataset if looks_like_hub_id(dataset) else None)
+    if hub_id and not looks_like_hub_id(hub_id):
+        hub_id = None
+    return {
+        "dataset": _display_name(hub_id or dataset),
+        "hub_id": hub_id,
+        "config": calibration.get("config"),
+        "split": calibration.get("split"),
+        "num_samples": calibration.get("num_samples"),
+    }
+
+
+def _evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
+    dataset = evaluation.get("dataset")
+    hub_id = dataset if looks_like_hub_id(dataset) else None
+
+    def number(key: str) -> float | None:
+        value = evaluation.get(key)
+        return None if value is None else float(value)
+
+    return {
+        "dataset": _display_name(dataset) or "evaluation set",
+        "hub_id": hub_id,
+        "split": evaluation.get("split"),
+        "num_samples": evaluation.get("num_samples"),
+        "accuracy_before": number("accuracy_before"),
+        "accuracy_after": number("accuracy_after"),
+        "loss_before": number("loss_before"),
+        "loss_after": number("loss_after"),
+    }
+
+
+# -- compute -----------------------------------------------------------------------------
+def _example_shape(model: nn.Module) -> tuple[int, int, int, int]:
+    config = getattr(model, "config", None)
+    size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
+    if isinstance(size, dict):
+        size = (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
+    if isinstance(size, list | tuple):
+        height, width = int(size[0]), int(size[-1])
+    else:
+        height = width = int(size)
+    return 1, int(getattr(config, "num_channels", 3) or 3), height, width
+
+
+def count_macs(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """Dense and remaining MACs of Conv2d/Linear layers for one image (see module doc)."""
+    per_layer: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str):
+        def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                macs = output.numel() * (module.in_channels // module.groups) * kh * kw
+            else:
+                macs = output.numel() * module.in_features
+            per_layer[name] = per_layer.get(name, 0) + int(macs)
+
+        return count
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            handles.append(module.register_forward_hook(hook(name)))
+    if not handles:
+        return None
+    first = next(model.parameters())
+    x = torch.zeros(_example_shape(model), dtype=first.dtype, device=first.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=x)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        logger.warning("MACs not counted: the model's forward failed (%s)", type(exc).__name__)
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    density = {}
+    for name, mask in masks.items():
+        module = name[: -len(".weight")] if name.endswith(".weight") else name
+        density[module] = float(mask.sum()) / mask.numel() if mask.numel() else 0.0
+    dense = sum(per_layer.values())
+    remaining = sum(m * density.get(n, 1.0) for n, m in per_layer.items())
+    return {"dense": dense, "remaining": int(round(remaining)), "per_layer": per_layer}
+
+
+# -- files -------------------------------------------------------------------------------
+def _plot_density(rows: list[dict[str, Any]], context: dict[str, Any], path: Path) -> None:
+    """Horizontal bar chart of per-layer density (Agg canvas, no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = [_short_name(r["name"]) for r in rows]
+    values = [r["density"] for r in rows]
+    height = max(2.5, 0.22 * len(rows) + 1.2)
+    fig = Figure(figsize=(7.5, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    positions = list(range(len(rows)))
+    ax.barh(positions, values, color="#3b75af", height=0.75)
+    overall = 1.0 - context["achieved"]["sparsity"]
+    ax.axvline(
+        overall, color="#d0473a", linestyle="--", linewidth=1.0, label=f"overall {overall:.1%}"
+    )
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_yticks(positions)
+    ax.set_yticklabels(labels, fontsize=6 if len(rows) > 30 else 7)
+    ax.invert_yaxis()
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.set_title(f"Per-layer density: {context['title']}", fontsize=9, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+
+
+def _short_name(name: str) -> str:
+    name = name[: -len(".weight")] if name.endswith(".weight") else name
+    return name if len(name) <= 48 else "…" + name[-47:]
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HfPxFailure(
+            f"could not write {path.name} ({exc.strerror or type(exc).__name__}); "
+            "check free disk space and permissions of the output directory"
+        ) from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

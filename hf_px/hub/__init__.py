@@ -1,0 +1,5 @@
+"""Hub sharing: push a written checkpoint folder with `huggingface_hub`."""
+
+from .push import push_to_hub
+
+__all__ = ["push_to_hub"]
