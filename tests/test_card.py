@@ -146,34 +146,40 @@ def test_template_is_shipped_and_identical_to_source():
         assert section in text
 
 
-def test_dense_snippet_runs_with_plain_transformers(tmp_path):
-    """The card's snippet, run as written in a fresh interpreter in the folder, loads it."""
+@pytest.mark.parametrize("storage", ["dense", "bitmask"])
+def test_card_snippet_runs_as_written(tmp_path, storage):
+    """The card's snippet, run as written in a fresh interpreter in the folder, loads it
+    (dense: without hf_px ever imported; bitmask: `import hf_px` comes first)."""
     model, result = _pruned()
-    out = tmp_path / "ckpt"
-    model.save_pretrained(out)
-    result.config.save(out)
-    path = write_card(out, model=model, result=result)
-    snippet = re.search(r"```python\n(.*?)```", path.read_text(), re.S).group(1)
+    out = hf_px.save_pruned(model, tmp_path / "ckpt", result, format=storage)
+    snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
     assert 'model_id = "."' in snippet
+    lines = snippet.splitlines()
+    load_line = next(i for i, line in enumerate(lines) if "from_pretrained" in line)
+    if storage == "bitmask":
+        assert (
+            lines.index("import hf_px  # registers the bitmask format with transformers")
+            < load_line
+        )
+        check = ""
+    else:
+        assert "import hf_px" not in snippet
+        check = "import sys; assert 'hf_px' not in sys.modules, 'hf_px was imported'\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="2")
     proc = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=out, env=env, capture_output=True, text=True
+        [sys.executable, "-c", snippet + check], cwd=out, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "torch.Size([1, 3])"
 
 
-def test_bitmask_card_says_import_hf_px_first(tmp_path):
+def test_bitmask_card_names_the_repo_when_known(tmp_path):
     model, result = _pruned()
     path = write_card(tmp_path, model=model, result=result, format="bitmask", repo_id="me/vit-px")
-    snippet = re.search(r"```python\n(.*?)```", path.read_text(), re.S).group(1)
-    lines = snippet.splitlines()
-    assert lines.index("import hf_px  # registers the bitmask format with transformers") < next(
-        i for i, line in enumerate(lines) if "from_pretrained" in line
-    )
-    assert 'model_id = "me/vit-px"' in snippet
-    assert "pip install hf-px" in path.read_text()
+    text = path.read_text()
+    assert 'model_id = "me/vit-px"' in text
+    assert "pip install hf-px" in text and "`bitmask` format" in text
 
 
 def test_local_source_keeps_hub_origin_and_leaks_no_path(tmp_path):

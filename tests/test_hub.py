@@ -170,8 +170,15 @@ def test_push_then_from_pretrained_in_fresh_cache(hub, checkpoint, tmp_path):
     assert repo.commits[head.parent].message == "initial commit"  # exactly one upload commit
     assert head.message == "Upload vit pruned to 90.0% sparsity with magnitude (hf-px)"
     assert "requested 90.0%, achieved 90.0%" in head.description
-    for name, digest in _digest(folder).items():
-        assert hashlib.sha256(head.files[name]).hexdigest() == digest, name
+    local = _digest(folder)
+    assert set(head.files) == set(local) | {".gitattributes"}
+    for name, digest in local.items():
+        if name != "README.md":
+            assert hashlib.sha256(head.files[name]).hexdigest() == digest, name
+    # the card's loading snippet names the repo on the Hub, the folder itself locally
+    hub_card, local_card = head.files["README.md"].decode(), (folder / "README.md").read_text()
+    assert 'model_id = "."  # ' in local_card
+    assert hub_card == local_card.replace('model_id = "."', f'model_id = "{USER}/tiny-vit-px90"')
 
     load = """
 import json, sys
@@ -181,7 +188,9 @@ from transformers import AutoModelForImageClassification
 
 model = AutoModelForImageClassification.from_pretrained(sys.argv[1])
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[2])
-print(json.dumps(ModelCard.load(sys.argv[1]).data.to_dict()))
+card = ModelCard.load(sys.argv[1])
+exec(card.text.split("```python\\n", 1)[1].split("```", 1)[0])  # the card's own snippet
+print(json.dumps(card.data.to_dict()))
 """
     home = tmp_path / "hf-home-fresh"  # nothing cached, no token: a public repo
     loaded = tmp_path / "loaded.safetensors"
@@ -204,6 +213,7 @@ print(json.dumps(ModelCard.load(sys.argv[1]).data.to_dict()))
         assert torch.equal(pruned, torch.zeros_like(pruned)) and not pruned.signbit().any()
     assert list(home.glob("hub/models--alice--tiny-vit-px90/snapshots/*/model.safetensors"))
 
+    assert proc.stdout.strip().splitlines()[-2] == "torch.Size([1, 3])"  # snippet ran
     card = json.loads(proc.stdout.strip().splitlines()[-1])
     assert card["base_model"] == "google/vit-base-patch16-224"
     assert card["library_name"] == "transformers"

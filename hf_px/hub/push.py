@@ -6,7 +6,10 @@ from the ``token`` argument, else ``HF_TOKEN``, else the login cache — resolve
 by ``huggingface_hub`` itself; this module never writes, logs or prints it.
 
 Every failure becomes an :class:`~hf_px.errors.HfPxFailure` whose one-line
-message says what to do; the local folder is only ever read.
+message says what to do; the local folder is only ever read. The uploaded card's
+loading snippet names the repo: a card written without knowing it loads from
+``"."`` (the folder itself), so the upload goes through a temporary view of the
+folder (symlinks + that one README line rewritten), leaving the folder as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,8 @@ from ..errors import HfPxError, HfPxFailure
 logger = logging.getLogger(__name__)
 
 _LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
+# the loading snippet of hf_px.card's template when no repo id was known
+_LOCAL_SNIPPET = re.compile(r'^model_id = "\."(?=  # )', re.MULTILINE)
 
 
 def push_to_hub(
@@ -62,14 +71,15 @@ def push_to_hub(
             repo_id = repo_url.repo_id or repo_id
             if revision not in (None, "main") and not create_pr:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            info = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=message,
-                commit_description=description,
-                revision=revision,
-                create_pr=create_pr,
-            )
+            with _upload_view(folder, repo_id) as view:
+                info = api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=view,
+                    commit_message=message,
+                    commit_description=description,
+                    revision=revision,
+                    create_pr=create_pr,
+                )
     except Exception as exc:  # mapped to one line below; anything unknown re-raised
         failure = _as_failure(exc, repo_id, api.endpoint)
         if failure is exc:
@@ -78,6 +88,32 @@ def push_to_hub(
     url = info.pr_url or info.commit_url
     logger.info("pushed %s to %s", folder.name, url)
     return str(url)
+
+
+@contextlib.contextmanager
+def _upload_view(folder: Path, repo_id: str) -> Iterator[Path]:
+    """`folder` as it should land on the Hub: the card's snippet loads `repo_id`."""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if not _LOCAL_SNIPPET.search(text):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="hf-px-push-") as tmp:
+        view = Path(tmp)
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if not path.is_file() or rel == Path("README.md"):
+                continue
+            (view / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.symlink(path.resolve(), view / rel)
+            except OSError:  # no symlinks here (e.g. Windows without the privilege)
+                shutil.copy2(path, view / rel)
+        readme = _LOCAL_SNIPPET.sub(lambda _: f"model_id = {json.dumps(repo_id)}", text)
+        (view / "README.md").write_text(readme, encoding="utf-8")
+        yield view
 
 
 @contextlib.contextmanager
@@ -154,6 +190,11 @@ def _as_failure(exc: Exception, repo_id: str, endpoint: str) -> Exception:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     tail = "the local checkpoint is complete and unchanged"
+    if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):
+        return HfPxFailure(
+            "the Hub rejected the model card's metadata; fix the YAML header of README.md "
+            f"and push again ({tail})"
+        )
     if isinstance(exc, OfflineModeIsEnabled):
         return HfPxFailure(f"cannot push while HF_HUB_OFFLINE is set; unset it and retry ({tail})")
     if isinstance(exc, httpx2.TransportError):
@@ -185,4 +226,9 @@ def _as_failure(exc: Exception, repo_id: str, endpoint: str) -> Exception:
                 f"later ({tail})"
             )
         return HfPxFailure(f"the Hub refused the upload (HTTP {status}); check {repo_id} ({tail})")
+    if isinstance(exc, OSError):
+        return HfPxFailure(
+            f"could not read the checkpoint for upload ({exc.strerror or type(exc).__name__}); "
+            "check the folder's permissions and free space in the temp directory"
+        )
     return exc
