@@ -85,13 +85,17 @@ def reducer_checks(accelerator: Any) -> dict[str, Any]:
         "a": torch.full((3, 4), float(r + 1)),
         "b": torch.arange(10, dtype=torch.float32) * (r + 1),
         "c": torch.full((25,), 0.1 * (r + 1), dtype=torch.float64),
+        "d": torch.full((5,), 1.0 + r, dtype=torch.float64),
+        "e": torch.full((2, 2), 2.0 * (r + 1), dtype=torch.bfloat16),
     }
-    saved = distributed.CHUNK_NUMEL
-    distributed.CHUNK_NUMEL = 11  # force several buffers, and one tensor larger than one
+    c = tensors["c"]
+    saved = distributed.BUCKET_NUMEL
+    distributed.BUCKET_NUMEL = 11  # a, c: one by one (c in place); b | d, e: two buffers
     try:
         reduced = reducer.all_reduce_dict(tensors)
     finally:
-        distributed.CHUNK_NUMEL = saved
+        distributed.BUCKET_NUMEL = saved
+    reduced["c_in_place"] = reduced["c"] is c
     rows = reducer.gather_rows(torch.tensor([r, 10.0 * r + 1]))
     model = tiny_vit()
     if r == 1:
@@ -130,6 +134,7 @@ def main(argv: list[str]) -> int:
     result["reducer"] = reducer_checks(accelerator)
     torch.save(result, out_dir / f"rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: a clean exit
     return 0
 
 

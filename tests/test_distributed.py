@@ -137,6 +137,10 @@ def test_collectives_sum_and_detect_different_weights(runs):
         assert torch.equal(red["reduced"]["b"], torch.arange(10, dtype=torch.float32) * 3)
         assert red["reduced"]["c"].dtype == torch.float64
         assert torch.allclose(red["reduced"]["c"], torch.full((25,), 0.3, dtype=torch.float64))
+        assert red["reduced"]["c_in_place"]  # float64 and large: no copy
+        assert torch.equal(red["reduced"]["d"], torch.full((5,), 3.0, dtype=torch.float64))
+        assert red["reduced"]["e"].dtype == torch.bfloat16
+        assert torch.equal(red["reduced"]["e"].float(), torch.full((2, 2), 6.0))
         assert torch.equal(
             red["rows"], torch.tensor([[0.0, 1.0], [1.0, 11.0]], dtype=torch.float64)
         )
@@ -254,10 +258,11 @@ def test_digest_sees_one_changed_weight():
     assert not torch.equal(dist_mod.weights_digest(a), dist_mod.weights_digest(b))
 
 
-def test_chunks_bound_the_buffer_size(monkeypatch):
-    monkeypatch.setattr(dist_mod, "CHUNK_NUMEL", 10)
-    tensors = {"a": torch.zeros(4), "b": torch.zeros(5), "c": torch.zeros(3), "d": torch.zeros(30)}
-    assert dist_mod._chunks(list(tensors), tensors) == [["a", "b"], ["c"], ["d"]]
+def test_buckets_bound_the_buffer_size(monkeypatch):
+    monkeypatch.setattr(dist_mod, "BUCKET_NUMEL", 10)
+    tensors = {"a": torch.zeros(4), "b": torch.zeros(5), "c": torch.zeros(3), "d": torch.zeros(9)}
+    assert dist_mod._buckets(list(tensors), tensors) == [["a", "b"], ["c"], ["d"]]
+    assert dist_mod._buckets([], tensors) == []
 
 
 def test_offloaded_model_is_refused():
