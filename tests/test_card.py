@@ -151,8 +151,20 @@ def test_card_snippet_runs_as_written(tmp_path, storage):
     """The card's snippet, run as written in a fresh interpreter in the folder, loads it
     (dense: without hf_px ever imported; bitmask: `import hf_px` comes first)."""
     model, result = _pruned()
-    out = hf_px.save_pruned(model, tmp_path / "ckpt", result, format=storage)
-    snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    processor = None
+    if storage == "dense":  # with an image processor saved, the card points to it
+        from transformers import ViTImageProcessor
+
+        processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    out = hf_px.save_pruned(
+        model, tmp_path / "ckpt", result, format=storage, image_processor=processor
+    )
+    text = (out / "README.md").read_text()
+    if processor is not None:
+        assert "The image processor is included: `AutoImageProcessor.from_pretrained" in text
+    else:
+        assert "Prepare real images with the base model's image processor" in text
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     assert 'model_id = "."' in snippet
     lines = snippet.splitlines()
     load_line = next(i for i, line in enumerate(lines) if "from_pretrained" in line)

@@ -344,3 +344,43 @@ def test_bad_input_is_refused_before_any_request(checkpoint, tmp_path):
         push_to_hub(folder, "alice/bad name!")
     with pytest.raises(HfPxError, match="drop --revision or --create-pr"):
         push_to_hub(folder, "alice/x", revision="dev", create_pr=True)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_bitmask_checkpoint_round_trips_through_the_hub(hub, tmp_path):
+    """The small format on the Hub: `import hf_px` + from_pretrained(repo_id) in a fresh
+    cache gives the pruned weights bit for bit."""
+    model = tiny_vit(seed=1)
+    result = hf_px.prune(model, make_batches(), 0.95, method="magnitude", rounds=1)
+    folder = hf_px.save_pruned(model, tmp_path / "bitmask", result, format="bitmask")
+    proc = _push_cli(hub.url, tmp_path, folder, f"{USER}/tiny-vit-bitmask")
+    assert proc.returncode == 0, proc.stderr
+    hub_card = hub.state.repos[f"{USER}/tiny-vit-bitmask"].resolve("main").files["README.md"]
+    assert f'model_id = "{USER}/tiny-vit-bitmask"'.encode() in hub_card
+
+    load = """
+import sys
+import hf_px  # registers the bitmask format
+from safetensors.torch import save_file
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1])
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[2])
+"""
+    loaded = tmp_path / "loaded.safetensors"
+    proc = _run(
+        load,
+        f"{USER}/tiny-vit-bitmask",
+        str(loaded),
+        hub_url=hub.url,
+        home=tmp_path / "fresh",
+        token=None,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = load_file(loaded)
+    state = model.state_dict()
+    assert weights.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(weights[name], tensor), name

@@ -48,6 +48,7 @@ _METHOD_LABELS = {
     "magnitude": "global magnitude",
     "random": "random pruning",
 }
+_METHOD_SHORT = {"px": "PX", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow"}
 _METHOD_REFERENCES = {
     "snip": 'Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection '
     'Sensitivity", ICLR 2019',
@@ -106,6 +107,7 @@ def write_card(
         storage_format=format,
         repo_id=repo_id,
     )
+    context["has_image_processor"] = (out / "preprocessor_config.json").is_file()
     _write_atomic(out / CHART_NAME, lambda tmp: _plot_density(context["rows"], context, tmp))
     card = ModelCard.from_template(
         card_metadata(context), template_path=str(template_path()), **context
@@ -150,17 +152,21 @@ def card_context(
         )
     total_params = sum(p.numel() for p in model.parameters())
     method_name = config.method
-    title_base = base_model.split("/")[-1] if base_model else family
-    title = f"{title_base} pruned to {100 * result.sparsity:.0f}% sparsity ({method_name})"
+    family_label = _family_label(model, family)
+    title_base = base_model.split("/")[-1] if base_model else family_label
+    label = _METHOD_LABELS.get(method_name, method_name)
+    short = _METHOD_SHORT.get(method_name, method_name)
+    title = f"{title_base} pruned to {100 * result.sparsity:.0f}% sparsity ({short})"
     return {
         "title": title,
-        "model_name": f"{title_base}-{method_name}-sparse{round(100 * result.sparsity)}",
+        "model_name": f"{base_model.split('/')[-1] if base_model else family}"
+        f"-{method_name}-sparse{round(100 * result.sparsity)}",
         "base_model": base_model,
         "family": family,
-        "family_label": _family_label(model, family),
+        "family_label": family_label,
         "method": {
             "name": method_name,
-            "label": _METHOD_LABELS.get(method_name, method_name),
+            "label": label,
             "needs_data": _needs_data(method_name),
         },
         "method_reference": _METHOD_REFERENCES.get(method_name),
@@ -183,6 +189,7 @@ def card_context(
         # the snippet must run as written: the Hub id when known, else the folder itself
         "load_id": repo_id or ".",
         "storage_format": storage_format,
+        "has_image_processor": False,
         "hf_px_version": config.hf_px_version,
         "license_id": _license(source, base_model),
     }
