@@ -40,10 +40,13 @@ def test_round_trip_is_bit_exact(dtype, shape, density):
 
 def test_negative_zero_nan_payloads_inf_subnormals_survive():
     special = torch.tensor(
-        [0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45, 0.0, 0.0, 3.0, 0.0],
+        [0.0, -0.0, float("inf"), -float("inf"), 0.0, 0.0, 0.0, 0.0, 3.0, 0.0],
         dtype=torch.float32,
     )
     raw = bits(special).clone()
+    # as bit patterns: float literals would be flushed if denormal flushing is on
+    raw[4] = 1  # smallest positive subnormal
+    raw[5] = -0x7FFFFFFF  # 0x80000001: smallest negative subnormal
     raw[6] = 0x7FC00123  # a NaN with a payload
     t = raw.view(torch.float32).reshape(2, 5)
     values, index = bitmask.encode(t)
@@ -112,3 +115,19 @@ def test_corrupt_input_raises_project_error():
 def test_unsupported_dtype_is_refused():
     with pytest.raises(HfPxError, match="--format dense"):
         bitmask.encode(torch.zeros(4, 4, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("density", [0.03, 0.2, 0.5, 0.9])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_threaded_decoding_matches(monkeypatch, density, threads):
+    # many small chunks: every chunk boundary case (positions straddling bytes and chunks)
+    monkeypatch.setattr(bitmask, "CHUNK", 64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(1000,), (33, 65), (17, 9, 3, 3)]:
+            t = sparse(shape, density, seed=3)
+            values, index = bitmask.encode(t)
+            assert torch.equal(bits(bitmask.decode(values, index)), bits(t))
+    finally:
+        torch.set_num_threads(previous)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +108,7 @@ def _pack_bits(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, bitorder="little")
 
 
-def _unpack_bits(data: np.ndarray, count: int) -> np.ndarray:
+def _unpack_bits(data: np.ndarray, count: int | None) -> np.ndarray:
     return np.unpackbits(data, count=count, bitorder="little")
 
 
@@ -127,32 +128,61 @@ def _encode_ef(pos: np.ndarray, low: int) -> np.ndarray:
     return np.concatenate(planes)
 
 
-def _decode_ef(payload: np.ndarray, m: int, low: int) -> np.ndarray:
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
+def _popcounts(data: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(data)
+    return _POPCOUNT[data]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# Elements per decoding chunk: small enough that a chunk's int64 positions stay in
+# cache, large enough that per-chunk Python overhead is noise.
+CHUNK = 1 << 18
+
+
+def _low_dtype(low: int) -> type:
+    for bits_, dt in ((8, np.uint8), (16, np.uint16), (32, np.uint32)):
+        if low <= bits_:
+            return dt
+    return np.uint64
+
+
+def _ef_positions(payload: np.ndarray, m: int, low: int, a: int, b: int, upper_cum) -> np.ndarray:
+    """Positions of stored elements a..b-1 (a multiple of 8) from an Elias-Fano payload."""
     plane = (m + 7) // 8
-    if low <= 8:
-        low_dtype = np.uint8
-    elif low <= 16:
-        low_dtype = np.uint16
-    elif low <= 32:
-        low_dtype = np.uint32
-    else:
-        low_dtype = np.uint64
-    low_part = np.zeros(m, dtype=low_dtype)
+    k = b - a
+    dt = _low_dtype(low)
+    low_part = np.zeros(k, dtype=dt)
     for j in range(low):
-        bits = _unpack_bits(payload[j * plane : (j + 1) * plane], m).astype(low_dtype, copy=False)
+        chunk = payload[j * plane + a // 8 : j * plane + (b + 7) // 8]
+        bits_ = _unpack_bits(chunk, k).astype(dt, copy=False)
         if j:
-            bits <<= low_dtype(j)
-        low_part |= bits
-    upper = np.unpackbits(payload[low * plane :], bitorder="little")
-    ones = np.flatnonzero(upper)
-    if ones.size < m:
+            bits_ <<= dt(j)
+        low_part |= bits_
+    upper = payload[low * plane :]
+    # bytes holding the a-th … (b-1)-th one of the unary high parts
+    first = int(np.searchsorted(upper_cum, a, side="right"))
+    last = int(np.searchsorted(upper_cum, b - 1, side="right"))
+    before = int(upper_cum[first - 1]) if first else 0
+    ones = np.flatnonzero(_unpack_bits(upper[first : last + 1], None)) + 8 * first
+    ones = ones[a - before : a - before + k]
+    if ones.size != k:
         raise HfPxError("corrupt bitmask index (too few positions); re-save the checkpoint")
-    high = ones[:m] - np.arange(m, dtype=np.int64)
-    pos = high << low
+    pos = (ones - np.arange(a, b, dtype=np.int64)) << low
     pos |= low_part.astype(np.int64, copy=False)
     return pos
+
+
+def _run(jobs: list, fn) -> None:
+    threads = max(1, min(len(jobs), torch.get_num_threads(), 8))
+    if threads == 1:
+        for job in jobs:
+            fn(job)
+        return
+    # numpy releases the GIL in unpackbits / nonzero / fancy assignment
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(fn, jobs):
+            pass
 
 
 def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,22 +263,46 @@ def decode(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     vals = _int_view(values)
     if head.codec == CODEC_FULL:
         return vals.clone().view(values.dtype).reshape(head.shape)
-    out = torch.zeros(numel, dtype=vals.dtype)
-    out_np = out.numpy()
+    # np.zeros (calloc: the kernel hands out zeroed pages) rather than torch.zeros
+    # (memset): inside from_pretrained on ResNet-50 at 90% sparsity torch.zeros took
+    # 0.97 s of a 1.3 s load, np.zeros made the whole load 0.36 s (measured, 2 cores)
+    out_np = np.zeros(numel, dtype=vals.numpy().dtype)
+    vals_np = vals.numpy()
+    m = head.count
     if head.codec == CODEC_BITMASK:
         if payload.size * 8 < numel:
             raise HfPxError("corrupt bitmask index (short bitmask); re-save the checkpoint")
-        # flatnonzero + fancy assignment: 5x faster than boolean-mask assignment (measured)
-        pos = np.flatnonzero(_unpack_bits(payload, numel))
-        if pos.size != head.count:
+        payload = payload[: (numel + 7) // 8]
+        starts = list(range(0, payload.size, CHUNK // 8))
+        counts = np.add.reduceat(_popcounts(payload), starts, dtype=np.int64) if starts else []
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if int(offsets[-1]) != m:
             raise HfPxError("corrupt bitmask index (count mismatch); re-save the checkpoint")
-        out_np[pos] = vals.numpy()
-    else:
-        pos = _decode_ef(payload, head.count, head.low_bits)
-        if head.count and (pos[-1] >= numel or pos[0] < 0):
-            raise HfPxError("corrupt bitmask index (position out of range); re-save the checkpoint")
-        out_np[pos] = vals.numpy()
-    return out.view(values.dtype).reshape(head.shape)
+
+        def bitmask_chunk(j: int) -> None:
+            b0 = starts[j]
+            e0, e1 = 8 * b0, min(8 * (b0 + CHUNK // 8), numel)
+            # flatnonzero + fancy assignment: 5x faster than boolean-mask assignment
+            where = np.flatnonzero(_unpack_bits(payload[b0 : b0 + CHUNK // 8], e1 - e0))
+            out_np[e0:e1][where] = vals_np[offsets[j] : offsets[j + 1]]
+
+        _run(list(range(len(starts))), bitmask_chunk)
+    elif m:
+        upper_cum = np.cumsum(_popcounts(payload[head.low_bits * ((m + 7) // 8) :]), dtype=np.int64)
+        if upper_cum.size == 0 or int(upper_cum[-1]) < m:
+            raise HfPxError("corrupt bitmask index (too few positions); re-save the checkpoint")
+
+        def ef_chunk(a: int) -> None:
+            b = min(a + CHUNK, m)
+            pos = _ef_positions(payload, m, head.low_bits, a, b, upper_cum)
+            if pos[-1] >= numel or pos[0] < 0:
+                raise HfPxError(
+                    "corrupt bitmask index (position out of range); re-save the checkpoint"
+                )
+            out_np[pos] = vals_np[a:b]
+
+        _run(list(range(0, m, CHUNK)), ef_chunk)
+    return torch.from_numpy(out_np).view(values.dtype).reshape(head.shape)
 
 
 def encoded_nbytes(values: torch.Tensor, index: torch.Tensor) -> int:

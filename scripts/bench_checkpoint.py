@@ -1,0 +1,181 @@
+"""Checkpoint size and load time: dense vs bitmask vs the information bound.
+
+For ViT-base-, ConvNeXt-tiny- and ResNet-50-sized configs (random init,
+1000 classes), magnitude-pruned in one round to each sparsity, saved in both
+formats. Prints JSON: per model and sparsity the weight-file bytes of each
+format, the information bound (pruned tensors: non-zero values at their dtype
++ H(density) bits per weight, per tensor; every other tensor at its dense
+size), the ratios, the codes chosen, and ``from_pretrained`` wall times
+(best and median of ``--repeats``, warm page cache, same process).
+
+    .venv/bin/python scripts/bench_checkpoint.py [--models vit convnext resnet]
+        [--sparsities 0.5 0.9 0.95 0.98] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+import hf_px  # noqa: E402
+from hf_px.checkpoint import bitmask, inspect_checkpoint  # noqa: E402
+
+
+def build(name: str):
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    torch.manual_seed(0)
+    if name == "vit":  # ViT-B/16, 224 px
+        return ViTForImageClassification(ViTConfig(num_labels=1000))
+    if name == "convnext":  # ConvNeXt-T
+        cfg = ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768], num_labels=1000)
+        return ConvNextForImageClassification(cfg)
+    if name == "resnet":  # ResNet-50
+        cfg = ResNetConfig(
+            depths=[3, 4, 6, 3],
+            hidden_sizes=[256, 512, 1024, 2048],
+            layer_type="bottleneck",
+            num_labels=1000,
+        )
+        return ResNetForImageClassification(cfg)
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def bound_bytes(directory: Path, report: dict) -> tuple[float, float]:
+    """(whole weight file, pruned tensors only) information bound in bytes."""
+    info = inspect_checkpoint(directory)
+    pruned = set(report["per_tensor"])
+    total = pruned_only = 0.0
+    for name, t in info["tensors"].items():
+        width = {"F32": 32, "F16": 16, "BF16": 16, "F64": 64}.get(t["dtype"], 32)
+        if name in pruned:
+            b = bitmask.information_bound_bits(t["numel"], t["numel"] - t["zeros"], width) / 8
+            pruned_only += b
+        else:
+            b = t["numel"] * width / 8
+        total += b
+    return total, pruned_only
+
+
+def load_times(dirs: dict[str, Path], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """``from_pretrained`` wall time per format, runs interleaved (the CPU is shared), and
+    the time to then read every weight once (pages of an mmap-backed tensor load lazily)."""
+    from transformers import AutoModelForImageClassification
+
+    out = {fmt: {"load": [], "touch": []} for fmt in dirs}
+    for _ in range(repeats):
+        for fmt, path in dirs.items():
+            t0 = time.perf_counter()
+            model = AutoModelForImageClassification.from_pretrained(path)
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.sum()
+            t2 = time.perf_counter()
+            out[fmt]["load"].append(t1 - t0)
+            out[fmt]["touch"].append(t2 - t1)
+            del model
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vit", "convnext", "resnet"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.9, 0.95, 0.98])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            model = build(name).eval()
+            initial = {k: v.clone() for k, v in model.state_dict().items()}
+            for s in args.sparsities:
+                model.load_state_dict(initial)
+                result = hf_px.prune(model, [], s, method="magnitude", rounds=1)
+                dirs = {}
+                save_s = {}
+                for fmt in ("dense", "bitmask"):
+                    t0 = time.perf_counter()
+                    dirs[fmt] = hf_px.save_pruned(
+                        model, Path(tmp) / f"{name}-{s}-{fmt}", result, format=fmt, card=False
+                    )
+                    save_s[fmt] = time.perf_counter() - t0
+                size = {fmt: inspect_checkpoint(d)["size_bytes"] for fmt, d in dirs.items()}
+                bound, bound_pruned = bound_bytes(dirs["bitmask"], result.report())
+                info = inspect_checkpoint(dirs["bitmask"])
+                pruned_names = set(result.masks)
+                stored_pruned = sum(
+                    t["stored_bytes"] for n, t in info["tensors"].items() if n in pruned_names
+                )
+                codes: dict[str, int] = {}
+                for n, t in info["tensors"].items():
+                    if n in pruned_names:
+                        codes[t["storage"]] = codes.get(t["storage"], 0) + 1
+                timed = load_times(dirs, args.repeats)
+                times = {fmt: v["load"] for fmt, v in timed.items()}
+                touch = {fmt: v["touch"] for fmt, v in timed.items()}
+                row = {
+                    "model": name,
+                    "sparsity": s,
+                    "achieved_sparsity": round(result.sparsity, 5),
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "dense_bytes": size["dense"],
+                    "bitmask_bytes": size["bitmask"],
+                    "bound_bytes": round(bound),
+                    "bitmask_over_bound": round(size["bitmask"] / bound, 4),
+                    "bitmask_over_dense": round(size["bitmask"] / size["dense"], 4),
+                    "bound_over_dense": round(bound / size["dense"], 4),
+                    "pruned_tensors_bitmask_over_bound": round(stored_pruned / bound_pruned, 4),
+                    "codes": codes,
+                    "save_s": {k: round(v, 3) for k, v in save_s.items()},
+                    "load_s_best": {k: round(min(v), 3) for k, v in times.items()},
+                    "load_s_median": {k: round(statistics.median(v), 3) for k, v in times.items()},
+                }
+                row["touch_s_best"] = {k: round(min(v), 3) for k, v in touch.items()}
+                row["load_ratio_best"] = round(
+                    row["load_s_best"]["bitmask"] / row["load_s_best"]["dense"], 3
+                )
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                for d in dirs.values():
+                    for f in d.iterdir():
+                        f.unlink()
+                    d.rmdir()
+            del model, initial
+    print(
+        json.dumps(
+            {
+                "torch_threads": args.threads,
+                "cpu_count": os.cpu_count(),
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
