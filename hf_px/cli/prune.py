@@ -11,98 +11,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import common, output
 from .resolve import (
     check_output_dir,
     default_output_dir,
     load,
     model_name,
-    not_available,
     public_name,
     size_on_disk,
     source_info,
 )
 
-BUILTIN_DATA = "sklearn-digits"
-
-
-def _calibration_module():
-    try:
-        from .. import calibration
-
-        calibration.load_calibration_batches  # noqa: B018  (present in this build?)
-    except (ImportError, AttributeError):
-        raise not_available(
-            "calibration data (hf_px.calibration.load_calibration_batches)"
-        ) from None
-    return calibration
-
-
-def _save_pruned():
-    try:
-        from ..checkpoint import save_pruned
-    except ImportError:
-        raise not_available("writing checkpoints (hf_px.save_pruned)") from None
-    return save_pruned
-
-
-def _push_to_hub():
-    try:
-        from ..hub import push_to_hub
-    except ImportError:
-        raise not_available("--push-to-hub (hf_px.hub.push_to_hub)") from None
-    return push_to_hub
-
-
-def _accelerator():
-    from ..calibration import make_accelerator
-
-    accelerator = make_accelerator()
-    output.set_main_process(accelerator.is_main_process)
-    return accelerator
-
-
-def _eval_batches(calibration, args: argparse.Namespace, processor: Any) -> list[dict]:
-    dataset = args.eval_dataset or args.dataset
-    split = {"split": args.eval_split} if args.eval_split else {}
-    return calibration.load_labelled_batches(
-        dataset,
-        image_processor=processor,
-        dataset_config=args.dataset_config if dataset == args.dataset else None,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        batch_size=args.batch_size,
-        num_samples=args.eval_samples,
-        seed=args.seed,
-        **split,
-    )
-
-
-def _label_names(batches: list[dict]) -> list[str] | None:
-    """Class names a loader attached to its batches (``label_names``), if any."""
-    for b in batches[:1]:
-        names = b.get("label_names") if isinstance(b, dict) else None
-        if names is not None:
-            return [str(n) for n in names]
-    return None
-
-
-def _split_of(batches: list[dict]) -> str | None:
-    """The split a loader reports in its batches (``split``), if it does."""
-    return batches[0].get("split") if batches and isinstance(batches[0], dict) else None
-
-
-def _evaluate(model: Any, batches: list[dict], accelerator: Any) -> dict[str, Any]:
-    from ..evaluation import evaluate
-
-    clean = [{k: b[k] for k in ("pixel_values", "labels")} for b in batches]
-    return evaluate(model, clean, label_names=_label_names(batches), accelerator=accelerator)
+BUILTIN_DATA = "sklearn-digits"  # hf_px.calibration's offline default
 
 
 def run_prune(args: argparse.Namespace) -> int:
     with output.stdout_to_stderr(args.json) as stdout:
         summary = _prune(args)
-        if summary is None:
+        if summary is None:  # not the main process
             return 0
         if args.json:
             output.emit_json(summary, stdout)
@@ -111,37 +37,53 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
+def _check_args(args: argparse.Namespace) -> Path:
+    """Everything that can be refused before loading anything."""
     from ..methods import get_method
 
-    t_start = time.perf_counter()
-    method = get_method(args.method)
+    get_method(args.method)
+    common.error_if(
+        args.private and not args.push_to_hub,
+        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
+    )
+    common.error_if(
+        args.px_bn is not None and args.method != "px",
+        f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
+    )
+    common.error_if(
+        bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
+        "--eval-dataset/--eval-split/--eval-samples only apply with --eval; add --eval",
+    )
     out_dir = (
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
-    if args.push_to_hub is None and args.private:
-        from ..errors import HfPxError
-
-        raise HfPxError(
-            "--private only applies with --push-to-hub REPO_ID; add it or drop --private"
-        )
-    calibration = _calibration_module()
-    _save_pruned()  # fail now, not after the pruning, when a piece is missing
+    common.calibration_module()
+    common.save_pruned_fn()  # fail now, not after the pruning, when a piece is missing
     if args.push_to_hub:
-        _push_to_hub()
+        common.push_fn()
+    return out_dir
+
+
+def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
+    from ..methods import get_method
+
+    t_start = time.perf_counter()
+    out_dir = _check_args(args)
+    calibration = common.calibration_module()
     timings: dict[str, float] = {}
-    accelerator = _accelerator()
+    acc = common.accelerator()
 
     with output.phase(f"loading {model_name(args.model)}", timings, "load_s"):
         model, processor = load(args.model, args)
         model.eval()
-        model.to(accelerator.device)
+        model.to(acc.device)
+    data_proc = common.data_processor(model, processor)
 
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
         batches = calibration.load_calibration_batches(
             args.dataset,
-            image_processor=processor,
+            image_processor=data_proc,
             dataset_config=args.dataset_config,
             split=args.split or "train",
             image_column=args.image_column,
@@ -150,51 +92,59 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
             examples_per_class=args.examples_per_class,
             batch_size=args.batch_size,
             seed=args.seed,
-            need_labels=method.needs_labels,
+            need_labels=get_method(args.method).needs_labels,
         )
-    n_images = sum(int(b["pixel_values"].shape[0]) for b in batches)
-
-    evaluation: dict[str, Any] | None = None
-    eval_batches: list[dict] = []
-    if args.eval:
-        with output.phase("evaluating the dense model", timings, "eval_dense_s"):
-            eval_batches = _eval_batches(calibration, args, processor)
-            dense = _evaluate(model, eval_batches, accelerator)
-        evaluation = {
-            "dataset": public_name(args.eval_dataset or args.dataset) or BUILTIN_DATA,
-            "split": args.eval_split or _split_of(eval_batches),
-            "dense": dense,
-        }
-
-    result = _run_pruning(model, batches, args, accelerator)
-    timings.update({k: round(v, 3) for k, v in result.timings.items()})
-
-    if args.eval:
-        with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
-            pruned = _evaluate(model, eval_batches, accelerator)
-        # flat keys: what the model card reads (hf_px.card.write_card)
-        evaluation.update(
-            pruned=pruned,
-            num_samples=pruned["num_samples"],
-            accuracy_before=evaluation["dense"]["accuracy"],
-            accuracy_after=pruned["accuracy"],
-            loss_before=evaluation["dense"]["loss"],
-            loss_after=pruned["loss"],
-        )
-
+        batches = calibration.move_batches(batches, acc.device)
     calib_info = {
         "dataset": public_name(args.dataset) or BUILTIN_DATA,
         "config": args.dataset_config,
         "split": args.split or "train",
-        "num_samples": n_images,
+        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
         "examples_per_class": args.examples_per_class,
         "batch_size": args.batch_size,
         "seed": args.seed,
     }
+
+    evaluation: dict[str, Any] | None = None
+    if args.eval:
+        eval_ref = args.eval_dataset or args.dataset
+        with output.phase("evaluating the dense model", timings, "eval_dense_s"):
+            data = common.eval_data(
+                eval_ref,
+                processor=data_proc,
+                dataset_config=args.dataset_config if eval_ref == args.dataset else None,
+                split=args.eval_split,
+                image_column=args.image_column,
+                label_column=args.label_column,
+                batch_size=args.batch_size,
+                num_samples=args.eval_samples,
+                seed=args.seed,
+            )
+            dense = common.evaluate(model, data, acc)
+
+    result = _run_pruning(model, batches, args, acc)
+    timings.update({k: round(v, 3) for k, v in result.timings.items()})
+
+    if args.eval:
+        with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
+            pruned = common.evaluate(model, data, acc)
+        evaluation = {
+            "dataset": public_name(eval_ref) or BUILTIN_DATA,
+            "split": data.split,
+            "num_samples": pruned["num_samples"],
+            # flat keys: what the model card reads (hf_px.card.write_card)
+            "accuracy_before": dense["accuracy"],
+            "accuracy_after": pruned["accuracy"],
+            "loss_before": dense["loss"],
+            "loss_after": pruned["loss"],
+            "dense": dense,
+            "pruned": pruned,
+        }
+
     url = None
-    if accelerator.is_main_process:
+    if acc.is_main_process:
         with output.phase(f"saving to {out_dir}", timings, "save_s"):
-            saved = _save_pruned()(
+            out_dir = common.save_pruned_fn()(
                 model,
                 out_dir,
                 result,
@@ -205,12 +155,11 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
                 calibration={k: v for k, v in calib_info.items() if v is not None},
                 evaluation=evaluation,
             )
-        out_dir = Path(saved)
         if args.push_to_hub:
             with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
-                url = _push_to_hub()(out_dir, args.push_to_hub, private=args.private)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+                url = common.push_fn()(out_dir, args.push_to_hub, private=args.private)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
         return None
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
     per_tensor = result.per_tensor_sparsity
@@ -231,29 +180,21 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         "calibration": calib_info,
         "evaluation": evaluation,
         "pushed_to": url,
-        "num_processes": accelerator.num_processes,
+        "num_processes": acc.num_processes,
         "timings": timings,
         "config": result.config.to_dict(),
     }
 
 
-def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, accelerator: Any):
+def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc: Any):
     from .. import prune
 
     options: dict[str, Any] = {}
     if args.px_bn is not None:
-        if args.method != "px":
-            from ..errors import HfPxError
-
-            raise HfPxError("--px-bn only applies to --method px; drop it")
         options["bn"] = args.px_bn
     if args.min_density_ratio is not None:
         options["min_density_ratio"] = args.min_density_ratio
-    from ..calibration import move_batches
-
-    batches = move_batches(batches, accelerator.device)
-    rounds = args.rounds
-    with output.bar(total=rounds, desc=f"pruning ({args.method})", unit="round") as bar:
+    with output.bar(total=args.rounds, desc=f"pruning ({args.method})", unit="round") as bar:
 
         def on_round(info: dict[str, Any]) -> None:
             if bar.total is None:
@@ -266,11 +207,11 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acce
             batches,
             args.sparsity,
             method=args.method,
-            rounds=rounds,
+            rounds=args.rounds,
             scope=args.scope,
             exclude=args.exclude,
             seed=args.seed,
-            accelerator=accelerator,
+            accelerator=acc,
             callback=on_round,
             **options,
         )
@@ -293,8 +234,8 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"(loss {d['loss']:.3f} -> {p['loss']:.3f})"
         )
     say(
-        f"  wrote {s['output_dir']} ({s['format']}, {output.human_size(s['size_on_disk_bytes'])}) "
-        f"in {s['timings'].get('total_s', 0):.1f} s"
+        f"  wrote {s['output_dir']} ({s['format']}, {output.human_size(s['size_on_disk_bytes'])})"
+        f" in {s['timings'].get('total_s', 0):.1f} s"
     )
     if s.get("pushed_to"):
         say(f"  pushed: {s['pushed_to']}")

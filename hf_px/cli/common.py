@@ -1,0 +1,122 @@
+"""Steps shared by the commands: the pieces of hf-px they need, data and evaluation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from . import output
+from .resolve import not_available
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_module():
+    """:mod:`hf_px.calibration`, or a one-line error when this build lacks it."""
+    try:
+        from .. import calibration
+
+        calibration.load_calibration_batches  # noqa: B018  (present in this build?)
+    except (ImportError, AttributeError):
+        raise not_available(
+            "calibration data (hf_px.calibration.load_calibration_batches)"
+        ) from None
+    return calibration
+
+
+def save_pruned_fn():
+    try:
+        from ..checkpoint import save_pruned
+    except ImportError:
+        raise not_available("writing checkpoints (hf_px.save_pruned)") from None
+    return save_pruned
+
+
+def push_fn():
+    try:
+        from ..hub import push_to_hub
+    except ImportError:
+        raise not_available("pushing to the Hub (hf_px.hub.push_to_hub)") from None
+    return push_to_hub
+
+
+def accelerator():
+    """The checked Accelerator (cpu=True for multi-process CPU launches); sets the main process."""
+    acc = calibration_module().make_accelerator()
+    output.set_main_process(acc.is_main_process)
+    return acc
+
+
+def data_processor(model: Any, processor: Any) -> Any:
+    """The model's image processor, else the documented default at the model's size."""
+    if processor is not None:
+        return processor
+    logger.warning(
+        "the model has no image processor; preparing images with hf-px's default "
+        "(bilinear resize to the config's image_size, ImageNet mean/std)"
+    )
+    return calibration_module().default_image_processor(getattr(model, "config", None))
+
+
+@dataclass
+class EvalData:
+    batches: list[dict]
+    label_names: list[str] | None
+    split: str
+
+
+def eval_data(
+    dataset: str | None,
+    *,
+    processor: Any,
+    dataset_config: str | None,
+    split: str | None,
+    image_column: str | None,
+    label_column: str | None,
+    batch_size: int,
+    num_samples: int | None,
+    seed: int,
+) -> EvalData:
+    """Labelled batches and the data set's class names (for the model's id2label)."""
+    calibration = calibration_module()
+    common: dict[str, Any] = {"dataset_config": dataset_config, "label_column": label_column}
+    if split:
+        common["split"] = split
+    batches = calibration.load_labelled_batches(
+        dataset,
+        image_processor=processor,
+        image_column=image_column,
+        batch_size=batch_size,
+        num_samples=num_samples,
+        seed=seed,
+        **common,
+    )
+    names = calibration.dataset_label_names(dataset, **common)
+    return EvalData(batches, names, split or "train")
+
+
+def evaluate(model: Any, data: EvalData, acc: Any) -> dict[str, Any]:
+    from ..evaluation import evaluate as _evaluate
+
+    return _evaluate(model, data.batches, label_names=data.label_names, accelerator=acc)
+
+
+def error_if(condition: bool, message: str) -> None:
+    if condition:
+        from ..errors import HfPxError
+
+        raise HfPxError(message)
+
+
+__all__ = [
+    "EvalData",
+    "accelerator",
+    "calibration_module",
+    "data_processor",
+    "error_if",
+    "eval_data",
+    "evaluate",
+    "push_fn",
+    "save_pruned_fn",
+]

@@ -1,0 +1,450 @@
+"""The `hf-px` command line, end to end, in subprocesses as a user runs it.
+
+prune → inspect → eval → reload with plain `from_pretrained`; `--json` parsed;
+every error case of issue 6 with its exit code and a one-line message naming
+the fix. Models: the ResNet hf-px ships (`px-digits-resnet`) and tiny models
+built from configs and saved to tmp_path. Data: the built-in offline digits
+and image folders written by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import PixelNet, tiny_vit
+
+from hf_px.cli.main import run
+from hf_px.cli.resolve import SHIPPED, default_output_dir, model_name, sparsity_tag
+from hf_px.errors import HfPxError
+from hf_px.evaluation import evaluate, label_mapping
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """`run()` in this process, with the logging/env changes it makes undone after."""
+    import logging
+
+    log = logging.getLogger("hf_px")
+    saved = (list(log.handlers), log.level, log.propagate)
+    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(key, os.environ.get(key, "0"))
+    for key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
+        monkeypatch.setenv(key, os.environ.get(key, "warning"))
+    yield run
+    log.handlers[:], log.level, log.propagate = saved
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "ACCELERATE_"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf_home"),
+        OMP_NUM_THREADS="2",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+    )
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def hfpx(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "hf_px", *args],
+        cwd=cwd,
+        env=env or _env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_json(stdout: str) -> dict:
+    """stdout must be exactly one JSON object (json.loads rejects trailing text)."""
+    return json.loads(stdout)
+
+
+def _assert_one_line_error(proc, code: int, *needles: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("hf-px: error: ")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# -- end to end ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    """`hf-px prune px-digits-resnet --sparsity 0.9 --eval --json` (a few rounds)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    out = tmp / "out"
+    data = _digits_folder(tmp)
+    proc = hfpx(
+        "prune",
+        "px-digits-resnet",
+        "--sparsity",
+        "0.9",
+        "--rounds",
+        "3",
+        "--examples-per-class",
+        "3",
+        "--eval",
+        "--eval-dataset",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--json",
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, out, proc, data
+
+
+def test_prune_json_is_one_object_with_the_truth(pruned_run):
+    _, out, proc, _ = pruned_run
+    s = _one_json(proc.stdout)
+    assert s["output_dir"] == str(out) and out.is_dir()
+    assert s["method"] == "px" and s["rounds"] == 3
+    assert s["requested_sparsity"] == 0.9
+    assert s["num_pruned"] == round(0.9 * s["num_prunable"])
+    assert s["sparsity"] == pytest.approx(s["num_pruned"] / s["num_prunable"])
+    assert set(s["per_tensor_density"]) >= {"classifier.1.weight"}
+    assert all(0.0 < d <= 1.0 for d in s["per_tensor_density"].values())
+    assert s["calibration"]["num_samples"] == 30  # 3 per class x 10 digits
+    ev = s["evaluation"]
+    assert ev["dense"]["accuracy"] > 0.9  # the shipped model
+    assert 0.0 <= ev["pruned"]["accuracy"] <= 1.0
+    assert ev["dense"]["num_samples"] == ev["pruned"]["num_samples"] == 50
+    assert ev["accuracy_before"] == ev["dense"]["accuracy"]  # the card's flat keys
+    assert ev["accuracy_after"] == ev["pruned"]["accuracy"]
+    assert {"load_s", "prune_s", "save_s", "total_s"} <= set(s["timings"])
+    assert s["size_on_disk_bytes"] > 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "preprocessor_config.json").is_file()
+    assert (out / "pruning_config.json").is_file()
+
+
+def test_prune_progress_goes_to_stderr(pruned_run):
+    _, _, proc, _ = pruned_run
+    assert "pruning (px)" in proc.stderr  # the per-round bar, on stderr only
+    assert "density" in proc.stderr
+
+
+def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
+    tmp, out, proc, _ = pruned_run
+    s = _one_json(proc.stdout)
+    info = hfpx("inspect", str(out), "--json", cwd=tmp)
+    assert info.returncode == 0, info.stderr
+    d = _one_json(info.stdout)
+    assert d["format"] == "dense"
+    assert d["sparsity"] == pytest.approx(s["sparsity"])
+    assert d["pruning_config"]["method"] == "px"
+    assert in_process(["inspect", str(out), "--quiet"]) == 0
+    human = capsys.readouterr().out
+    assert "pruned with px" in human and "classifier.1.weight" in human
+
+
+def test_eval_gives_the_numbers_prune_measured(pruned_run):
+    """`hf-px eval` on the written checkpoint = prune's own after-pruning evaluation."""
+    tmp, out, proc, data = pruned_run
+    after = _one_json(proc.stdout)["evaluation"]["pruned"]
+    ev = hfpx("eval", str(out), "--dataset", str(data), "--json", cwd=tmp)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    d = _one_json(ev.stdout)
+    assert d["split"] == "train" and d["num_samples"] == 50
+    assert d["correct"] == after["correct"]
+    assert d["loss"] == pytest.approx(after["loss"], rel=1e-5)
+
+
+def test_reload_with_plain_from_pretrained_in_a_fresh_process(pruned_run):
+    tmp, out, proc, _ = pruned_run
+    s = _one_json(proc.stdout)
+    code = (
+        "import sys, json, torch\n"
+        "from transformers import AutoModelForImageClassification\n"
+        "m = AutoModelForImageClassification.from_pretrained(sys.argv[1])\n"
+        "sd = m.state_dict()\n"
+        "print(json.dumps({'zeros': {n: int((sd[n] == 0).sum()) for n in sys.argv[2:]},"
+        " 'hf_px': 'hf_px' in sys.modules}))\n"
+    )
+    names = sorted(s["per_tensor_density"])
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(out), *names],
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["hf_px"] is False
+    assert sum(got["zeros"].values()) == s["num_pruned"]
+
+
+def test_default_output_dir_and_human_summary(tmp_path):
+    proc = hfpx(
+        "prune",
+        "px-digits-resnet",
+        "--sparsity",
+        "0.5",
+        "--method",
+        "magnitude",
+        "--num-samples",
+        "8",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "px-digits-resnet-px50"
+    assert (out / "model.safetensors").is_file()
+    assert "50.00%" in proc.stdout and "px-digits-resnet-px50" in proc.stdout
+    assert "pruning (magnitude)" not in proc.stderr  # --quiet: no bars
+    # the same again: refused, nothing touched, exit 2, names the fix
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    again = hfpx("prune", "px-digits-resnet", "--sparsity", "0.5", cwd=tmp_path)
+    _assert_one_line_error(again, 2, "--overwrite")
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_config_built_vit_on_an_image_folder_layerwise(tmp_path):
+    model_dir = tmp_path / "tiny-vit"
+    _save_tiny_vit(model_dir)
+    data = _digits_folder(tmp_path, per_class=2, classes=3)
+    proc = hfpx(
+        "prune",
+        str(model_dir),
+        "--sparsity",
+        "0.75",
+        "--method",
+        "snip",
+        "--scope",
+        "layerwise",
+        "--exclude",
+        "classifier",
+        "--dataset",
+        str(data),
+        "--examples-per-class",
+        "2",
+        "--batch-size",
+        "4",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = _one_json(proc.stdout)
+    assert s["output_dir"] == "tiny-vit-px75"  # default: ./<model-name>-px<sparsity%>
+    assert "classifier.weight" not in s["per_tensor_density"]
+    # layerwise: every tensor at the requested density (to rounding)
+    for density in s["per_tensor_density"].values():
+        assert density == pytest.approx(0.25, abs=0.02)
+    assert s["config"]["exclude"] == ["classifier"]
+    assert s["calibration"]["num_samples"] == 6
+    card = (tmp_path / s["output_dir"] / "README.md").read_text()
+    assert str(tmp_path) not in card  # no local path in written files
+
+
+# -- errors, as a new user meets them ----------------------------------------------------------
+def test_sparsity_given_as_percent(tmp_path):
+    proc = hfpx("prune", "px-digits-resnet", "--sparsity", "90", cwd=tmp_path)
+    _assert_one_line_error(proc, 2, "0.9")
+
+
+def test_text_model_is_refused(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny-bert")
+    proc = hfpx("prune", str(tmp_path / "tiny-bert"), "--sparsity", "0.9", cwd=tmp_path)
+    _assert_one_line_error(proc, 2, "bert", "image classifier")
+    assert not (tmp_path / "tiny-bert-px90").exists()
+
+
+def test_hub_id_while_offline(tmp_path):
+    proc = hfpx("prune", "google/vit-base-patch16-224", "--sparsity", "0.9", cwd=tmp_path)
+    _assert_one_line_error(proc, 2, "HF_HUB_OFFLINE")
+
+
+def test_misspelled_model_id_against_a_hub(tmp_path):
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    try:
+        env = _env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=server.url)
+        proc = hfpx(
+            "prune", "google/vit-bsae-patch16-224", "--sparsity", "0.9", cwd=tmp_path, env=env
+        )
+    finally:
+        server.stop()
+    _assert_one_line_error(proc, 2, "vit-bsae-patch16-224", "check the model id")
+
+
+def test_missing_dataset_path(tmp_path):
+    proc = hfpx(
+        "prune",
+        "px-digits-resnet",
+        "--sparsity",
+        "0.9",
+        "--dataset",
+        str(tmp_path / "no-such-folder"),
+        cwd=tmp_path,
+    )
+    err = _assert_one_line_error(proc, 2)
+    assert "no-such-folder" in err
+
+
+def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
+    proc = hfpx("prune", "px-digits-resnet", cwd=tmp_path)  # --sparsity missing
+    _assert_one_line_error(proc, 2, "--sparsity")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["prune", "m", "--sparsity", "0.9", "--method", "pxx"], "invalid choice"),
+        (["prune", "m", "--sparsity", "0.9", "--px-bn", "rms", "--method", "snip"], "--px-bn"),
+        (["prune", "m", "--sparsity", "0.9", "--private"], "--push-to-hub"),
+        (["prune", "m", "--sparsity", "0.9", "--eval-split", "test"], "--eval"),
+        (["prune", "m", "--sparsity", "1e-9x"], "expected a number"),
+        (["prune", "m", "--sparsity", "0.9", "--rounds", "0"], "at least 1"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hf-px: error: ") and needle in err[0]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(HfPxError, match="0.9"):
+        run(["prune", "m", "--sparsity", "90", "--debug"])
+
+
+# -- in-process: the output-dir rule and evaluation --------------------------------------------
+def test_output_dir_names():
+    assert model_name("google/vit-base-patch16-224") == "vit-base-patch16-224"
+    assert model_name("./models/my-resnet/") == "my-resnet"
+    assert sparsity_tag(0.9) == "90" and sparsity_tag(0.975) == "97.5"
+    assert default_output_dir("google/vit-base-patch16-224", 0.9) == Path(
+        "vit-base-patch16-224-px90"
+    )
+    assert SHIPPED["px-digits-resnet"].joinpath("model.safetensors").is_file()
+
+
+def _two_class_net() -> PixelNet:
+    net = PixelNet(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net.body[1].weight.copy_(torch.eye(2))
+    return net
+
+
+def test_evaluate_accuracy_and_loss_by_hand():
+    net = _two_class_net()
+    x = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [1.0, 0.0]]).view(4, 2, 1, 1)
+    y = torch.tensor([0, 1, 1, 0])
+    got = evaluate(
+        net, [{"pixel_values": x[:2], "labels": y[:2]}, {"pixel_values": x[2:], "labels": y[2:]}]
+    )
+    logits = x.view(4, 2)
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, y))
+    assert got["accuracy"] == 0.75 and got["correct"] == 3 and got["num_samples"] == 4
+    assert got["loss"] == pytest.approx(expected_loss)
+
+
+def test_evaluate_maps_dataset_labels_to_the_models_by_name():
+    net = _two_class_net()
+    net.config = type("C", (), {"id2label": {0: "cat", 1: "dog"}, "num_labels": 2})()
+    x = torch.tensor([[3.0, 0.0], [0.0, 3.0]]).view(2, 2, 1, 1)
+    # the data set calls "dog" 0 and "cat" 1: right predictions once mapped by name
+    batches = [{"pixel_values": x, "labels": torch.tensor([1, 0])}]
+    assert evaluate(net, batches, label_names=["Dog", "cat"])["accuracy"] == 1.0
+    assert evaluate(net, batches)["accuracy"] == 0.0  # ids taken as they are
+    assert label_mapping(net, ["cat", "dog"]) is None
+    with pytest.raises(HfPxError, match="not among the model's labels"):
+        evaluate(net, batches, label_names=["dog", "horse"])
+
+
+def test_evaluate_leaves_the_mode_and_rejects_unlabelled_batches():
+    net = _two_class_net().train()
+    x = torch.ones(2, 2, 1, 1)
+    evaluate(net, [{"pixel_values": x, "labels": torch.tensor([0, 1])}])
+    assert net.training
+    with pytest.raises(HfPxError, match="labels"):
+        evaluate(net, [{"pixel_values": x}])
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _digits_folder(tmp: Path, per_class: int = 5, classes: int = 10) -> Path:
+    """An imagefolder (`<class>/*.png`) of held-out digits, as the shipped model saw them."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp / f"digits-{per_class}x{classes}"
+    if root.exists():
+        return root
+    digits = load_digits()
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        idx = np.flatnonzero(digits.target == c)[-per_class:]
+        for i in idx:
+            grey = np.rint(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+            Image.fromarray(grey, mode="L").convert("RGB").save(root / str(c) / f"{i}.png")
+    return root
+
+
+def _save_tiny_vit(path: Path) -> None:
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    model = tiny_vit(num_labels=3)
+    model.config.id2label = {i: str(i) for i in range(3)}
+    model.config.label2id = {str(i): i for i in range(3)}
+    model.save_pretrained(path)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+# -- push, against a local Hub-protocol server -------------------------------------------------
+def test_push_uploads_and_failures_are_one_line(tmp_path):
+    from hub_server import HubServer
+
+    server = HubServer().start()
+    server.state.add_user("alice", "hf_cli_write_token")
+    try:
+        env = _env(
+            tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=server.url, HF_TOKEN="hf_cli_write_token"
+        )
+        folder = str(SHIPPED["px-digits-resnet"])
+        ok = hfpx("push", folder, "alice/digits", "--private", "--json", cwd=tmp_path, env=env)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        d = _one_json(ok.stdout)
+        assert d["repo_id"] == "alice/digits" and "alice/digits" in d["url"]
+        repo = server.state.repos["alice/digits"]
+        assert repo.private
+        assert "hf_cli_write_token" in server.state.tokens_seen()
+        assert "hf_cli_write_token" not in ok.stdout + ok.stderr  # never printed
+        bad = hfpx(
+            "push", folder, "alice/digits", cwd=tmp_path, env={**env, "HF_TOKEN": "hf_wrong"}
+        )
+        _assert_one_line_error(bad, 1)
+        assert "hf_wrong" not in bad.stderr
+    finally:
+        server.stop()
