@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, get_adapter
-from .calibration.distributed import make_reducer
+from .calibration.distributed import check_not_offloaded, make_reducer
 from .config import PruningConfig, PruningResult
 from .errors import HfPxError
 from .masks import keep_counts, select_global, select_layerwise
@@ -75,6 +75,7 @@ def _prunable(model: nn.Module, adapter: Adapter, exclude: Iterable[str]) -> dic
         raise HfPxError(
             "`model` must be a torch.nn.Module (e.g. from AutoModelForImageClassification)"
         )
+    check_not_offloaded(model)  # offloaded weights get no gradient: they would score 0
     params = adapter.prunable_parameters(model, exclude)
     if not params:
         raise HfPxError(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_px import HfPxError
+from hf_px import HfPxError, compute_scores
 from hf_px.calibration import (
     Reducer,
     check_not_offloaded,
@@ -272,4 +272,6 @@ def test_offloaded_model_is_refused():
     model = cpu_offload(worker.tiny_vit(), execution_device=torch.device("cpu"))
     with pytest.raises(HfPxError, match="without device_map/offload"):
         check_not_offloaded(model)
+    with pytest.raises(HfPxError, match="without device_map/offload"):
+        compute_scores(model, worker.uneven_batches()[:1], method="snip")
     check_not_offloaded(worker.tiny_vit())
