@@ -139,12 +139,16 @@ def test_bitmask_round_trip_through_from_pretrained(tmp_path, builder):
         assert torch.equal(model(pixel_values=x).logits, loaded(pixel_values=x).logits)
 
 
-def test_bitmask_keeps_half_precision_bits(tmp_path):
+def test_bitmask_keeps_half_precision_bits_and_honours_dtype(tmp_path):
     model, result = pruned(tiny_resnet, 0.8)
+    fp32 = save_pruned(model, tmp_path / "fp32", result, format="bitmask", card=False)
     model = model.to(torch.bfloat16)
     out = save_pruned(model, tmp_path / "bf16", result, format="bitmask", card=False)
     loaded = AutoModelForImageClassification.from_pretrained(out)
     assert_same_bits(model.state_dict(), loaded.state_dict())
+    # a float32 checkpoint loaded as bfloat16: the same rounding as .to(bfloat16)
+    cast = AutoModelForImageClassification.from_pretrained(fp32, dtype=torch.bfloat16)
+    assert_same_bits(model.state_dict(), cast.state_dict())
 
 
 @pytest.mark.parametrize("fmt", ["dense", "bitmask"])
@@ -240,6 +244,8 @@ def test_failure_mid_write_leaves_nothing(tmp_path, overwrite):
     result.config.method_options["callback"] = object()
     with pytest.raises(HfPxError, match="JSON"):
         save_pruned(model, target, result, format="bitmask", overwrite=overwrite, card=False)
+    with pytest.raises(HfPxError, match="JSON"):  # parents it had to create go too
+        save_pruned(model, tmp_path / "new" / "dirs" / "out", result, card=False)
     if overwrite:
         assert listing(target) == {"old.txt": b"old"}
     assert [p.name for p in tmp_path.iterdir()] == (["out"] if overwrite else [])

@@ -90,20 +90,14 @@ def save_pruned(
     target = Path(output_dir).expanduser()
     _check_target(target, overwrite, _input_dirs(model, source))
 
-    parent = target.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HfPxFailure(
-            f"cannot create {parent}: {e.strerror}; choose a writable --output"
-        ) from None
     # absolute paths in the run's own records would leak the machine's layout
     result = dataclasses.replace(
         result, config=PruningConfig.from_dict(_scrub_paths(result.config.to_dict()))
     )
     calibration = _scrub_paths(calibration)
     evaluation = _scrub_paths(evaluation)
-    with _staging(parent, target.name) as tmp:
+    parent = target.absolute().parent
+    with _new_parents(parent), _staging(parent, target.name) as tmp:
         # bitmask: keys as the model names its parameters (= the masks' names), so no
         # load-time renaming has to carry the index tensors along
         model.save_pretrained(
@@ -192,6 +186,28 @@ def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
 
 
 # ---------------------------------------------------------------- atomic write
+
+
+@contextmanager
+def _new_parents(parent: Path) -> Iterator[None]:
+    """Create `parent` (and missing ancestors); remove what was created if the body fails."""
+    first_new = None
+    for p in (parent, *parent.parents):
+        if p.exists():
+            break
+        first_new = p
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HfPxFailure(
+            f"cannot create {parent}: {e.strerror}; choose a writable --output"
+        ) from None
+    try:
+        yield
+    except BaseException:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
 
 
 @contextmanager
