@@ -1,0 +1,245 @@
+"""Sparse training with fixed masks: pruned weights stay exactly 0.0.
+
+Masking only the gradients is not enough. AdamW's decoupled weight decay
+(θ ← θ − lr·λ·θ) and SGD's momentum buffer move a weight whose gradient is 0,
+and a weight pruned after some dense steps still has a non-zero Adam moment or
+momentum. So every step does three things, in this order:
+
+1. ``grad ← grad · m`` before the step (the optimiser's statistics never see a
+   pruned coordinate's gradient, so Adam's second moment stays 0 there);
+2. ``optimizer.step()``;
+3. ``θ ← θ · m`` and then ``θ[¬m] = +0.0`` (θ·0 is −0.0 for negative θ), and the
+   optimiser's per-parameter state tensors of the weight's shape (Adam moments,
+   momentum buffers) are zeroed at pruned coordinates, so nothing accumulates
+   there between steps.
+
+Masks are plain bool tensors keyed by parameter name (True = kept), exactly
+what :func:`hf_px.prune` returns in ``PruningResult.masks``.
+
+* :class:`MaskedTrainingCallback` does 1 in ``on_pre_optimizer_step`` (after
+  gradient clipping) and 3 in ``on_optimizer_step`` of a `transformers.Trainer`.
+* :func:`masked_step` does 1–3 for a plain PyTorch loop; :func:`finetune` is
+  such a loop (used by ``hf-px finetune``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .errors import HfPxError
+from .methods.base import cross_entropy, logits_of
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def bind_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple]:
+    """``[(parameter, bool mask on its device)]`` for every masked parameter.
+
+    Raises :class:`HfPxError` for a name the model lacks or a shape mismatch, so a
+    checkpoint's masks cannot silently be applied to another architecture.
+    """
+    if not isinstance(masks, Mapping):
+        raise HfPxError("masks must be a dict {parameter name: bool tensor}, e.g. result.masks")
+    params = dict(model.named_parameters())
+    bound = []
+    for name, mask in masks.items():
+        p = params.get(name)
+        if p is None:
+            raise HfPxError(
+                f"mask for {name!r} names no parameter of the model; "
+                "use the masks saved with this model's checkpoint"
+            )
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(p.shape):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise HfPxError(
+                f"mask for {name!r} has shape {shape}, expected {tuple(p.shape)}; "
+                "use the masks saved with this model's checkpoint"
+            )
+        bound.append((p, mask.to(device=p.device, dtype=torch.bool)))
+    return bound
+
+
+@torch.no_grad()
+def mask_gradients(bound: list[tuple]) -> None:
+    """Step 1: zero the gradient of every pruned weight."""
+    for p, m in bound:
+        if p.grad is not None:
+            p.grad.masked_fill_(~m, 0.0)
+
+
+@torch.no_grad()
+def apply_masks(bound: list[tuple], optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Step 3: pruned weights to exactly +0.0; optimiser state zeroed there too."""
+    for p, m in bound:
+        p.masked_fill_(~m, 0.0)
+        if optimizer is None:
+            continue
+        for value in optimizer.state.get(p, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                value.masked_fill_(~m, 0.0)
+
+
+def masked_step(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | list[tuple],
+) -> None:
+    """``optimizer.step()`` that keeps pruned weights at 0 (module docstring, 1–3).
+
+    `masks` is a name→mask dict or, to skip the lookup every step, the list
+    returned by :func:`bind_masks`.
+    """
+    bound = masks if isinstance(masks, list) else bind_masks(model, masks)
+    mask_gradients(bound)
+    optimizer.step()
+    apply_masks(bound, optimizer)
+
+
+class MaskedTrainingCallback(TrainerCallback):
+    """`transformers.Trainer` callback that keeps `masks` fixed during training.
+
+    ``Trainer(..., callbacks=[MaskedTrainingCallback(result.masks)])``. Masks are
+    applied once at the start of training too, so a model whose pruned weights
+    were not yet zeroed starts sparse.
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor]) -> None:
+        if not isinstance(masks, Mapping) or not masks:
+            raise HfPxError("MaskedTrainingCallback needs a non-empty {name: bool mask} dict")
+        self.masks = dict(masks)
+        self._bound: list[tuple] | None = None
+        self._model_id: int | None = None
+
+    def _bind(self, model: nn.Module | None) -> list[tuple]:
+        if model is None:
+            raise HfPxError("the Trainer passed no model to MaskedTrainingCallback")
+        if self._bound is None or self._model_id != id(model):
+            self._bound = bind_masks(model, self.masks)
+            self._model_id = id(model)
+        return self._bound
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        apply_masks(self._bind(model), optimizer)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        mask_gradients(self._bind(model))
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        apply_masks(self._bind(model), optimizer)
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    raise HfPxError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _check_batches(batches: list) -> None:
+    if not batches:
+        raise HfPxError("finetune needs at least one training batch with pixel_values and labels")
+    for i, b in enumerate(batches):
+        x = b.get("pixel_values") if isinstance(b, Mapping) else None
+        y = b.get("labels") if isinstance(b, Mapping) else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            raise HfPxError(f"training batch {i} has no float `pixel_values` tensor N×C×H×W")
+        if not isinstance(y, torch.Tensor) or y.shape[:1] != x.shape[:1]:
+            raise HfPxError(f"training batch {i} needs a `labels` tensor with one id per image")
+
+
+def finetune(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    train_batches: Iterable[dict[str, Any]],
+    *,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    optimizer: str = "adamw",
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    schedule: str = "cosine",
+    max_grad_norm: float | None = 1.0,
+) -> dict[str, Any]:
+    """Train `model` on `train_batches` for `epochs`, keeping `masks` fixed.
+
+    Cross-entropy on ``model(pixel_values).logits``; batch order reshuffled each
+    epoch by a generator seeded with `seed`; learning rate constant or cosine
+    decayed per step to 0 (`schedule`); gradients clipped to `max_grad_norm`
+    (None = off) before masking. ``masks=None`` trains densely. The model is
+    left in eval mode. Returns ``{"steps", "epochs", "first_loss", "final_loss",
+    "epoch_losses", "train_s", "sparsity"}`` — ``final_loss`` is the mean over the
+    last epoch, ``sparsity`` the fraction of masked weights that are 0.0 after
+    training (1 − density of the masks when nothing was revived).
+    """
+    batches = list(train_batches)
+    _check_batches(batches)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise HfPxError(f"epochs must be a positive integer, got {epochs!r}")
+    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+        raise HfPxError(f"lr must be a positive number, got {lr!r}")
+    if schedule not in ("cosine", "constant"):
+        raise HfPxError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+    bound = bind_masks(model, masks) if masks else []
+    opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
+    total = epochs * len(batches)
+    g = torch.Generator().manual_seed(int(seed))
+    torch.manual_seed(int(seed))  # dropout / stochastic depth
+    apply_masks(bound)
+    model.train()
+    t0 = time.perf_counter()
+    step, first, epoch_losses = 0, None, []
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(len(batches), generator=g).tolist()
+            running, n = 0.0, 0
+            for i in order:
+                if schedule == "cosine":
+                    for group in opt.param_groups:
+                        group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
+                b = batches[i]
+                loss = cross_entropy(logits_of(model(pixel_values=b["pixel_values"])), b["labels"])
+                if not torch.isfinite(loss):
+                    raise HfPxError(
+                        f"training loss became {loss.item()} at step {step}; lower --lr"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                masked_step(opt, model, bound)
+                value = float(loss.detach())
+                first = value if first is None else first
+                running, n, step = running + value, n + 1, step + 1
+            epoch_losses.append(running / n)
+            logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, epochs, running / n)
+    finally:
+        model.eval()
+    zeros = sum(int((p == 0).logical_and(~m).sum()) for p, m in bound)
+    pruned = sum(int((~m).sum()) for _, m in bound)
+    masked_total = sum(m.numel() for _, m in bound)
+    return {
+        "steps": step,
+        "epochs": epochs,
+        "first_loss": first,
+        "final_loss": epoch_losses[-1],
+        "epoch_losses": epoch_losses,
+        "train_s": time.perf_counter() - t0,
+        "pruned_weights": pruned,
+        "pruned_weights_nonzero": pruned - zeros,
+        "sparsity": pruned / masked_total if masked_total else 0.0,
+    }
