@@ -275,3 +275,34 @@ def test_offloaded_model_is_refused():
     with pytest.raises(HfPxError, match="without device_map/offload"):
         compute_scores(model, worker.uneven_batches()[:1], method="snip")
     check_not_offloaded(worker.tiny_vit())
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_cli_prune_under_torchrun_and_accelerate_launch(tmp_path):
+    """`python -m hf_px prune` with 2 processes writes the same checkpoint as with 1,
+    once (only the main process writes and reports)."""
+    model_dir = tmp_path / "model"
+    worker.tiny_vit(num_labels=10).save_pretrained(model_dir)
+    env = _env(tmp_path)
+    args = ["-m", "hf_px", "prune", str(model_dir), "--sparsity", "0.5", "--rounds", "3"]
+    args += ["--num-samples", "21", "--batch-size", "4", "--quiet"]
+    accel = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    accel += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    accel += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    commands = {
+        "one": [sys.executable, *args],
+        "torchrun": [*TORCHRUN, "2", *args],
+        "accelerate": [*accel, *args],
+    }
+    procs = {}
+    for name, cmd in commands.items():
+        out = tmp_path / name
+        procs[name] = (_start([*cmd, "--output-dir", str(out / "ckpt")], out, env), out)
+    for proc, out in procs.values():
+        _wait(proc, out)
+    reference = (tmp_path / "one" / "ckpt" / "model.safetensors").read_bytes()
+    for name in ("torchrun", "accelerate"):
+        out = tmp_path / name
+        assert (out / "ckpt" / "model.safetensors").read_bytes() == reference, name
+        assert (out / "log.txt").read_text().count("pruned ") == 1, name
