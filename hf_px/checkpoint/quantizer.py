@@ -116,7 +116,11 @@ def _build_classes() -> tuple[type, type, type]:
                     indices = indices if isinstance(indices, list) else [indices]
                     if len(indices) != len(items):
                         raise HfPxError(f"{full_layer_name}: values and index counts differ")
-                    items = [decode(v, i) for v, i in zip(items, indices, strict=True)]
+                    # decoded on the CPU, handed back where transformers placed the values
+                    items = [
+                        decode(v.cpu(), i.cpu()).to(v.device)
+                        for v, i in zip(items, indices, strict=True)
+                    ]
                 if target is not None:
                     items = [t if t.dtype == target else t.to(target) for t in items]
                 out[key] = items if many else items[0]

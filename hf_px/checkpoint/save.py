@@ -400,12 +400,14 @@ def load_model(
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
+        # no request to the Hub's safetensors-conversion bot on our users' behalf
+        with _env("DISABLE_SAFETENSORS_CONVERSION", "1"):
+            model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
     except OSError as e:
         if not allow_pickle and _has_pickle_weights(name, str(e)):
             raise HfPxError(
-                f"{name} has only pickle (.bin) weights, which can run arbitrary code; "
-                "pass --allow-pickle if you trust it"
+                f"{name} has no safetensors weights, only pickle (.bin) ones, which can run "
+                "arbitrary code when loaded; pass --allow-pickle if you trust it"
             ) from None
         raise HfPxError(f"cannot load weights of {name}: {_first_line(e)}") from None
     model.eval()
@@ -445,11 +447,25 @@ def _load_config(name: str, trust_remote_code: bool) -> Any:
         raise HfPxError(f"cannot read the config of {name}: {_first_line(e)}") from None
 
 
+@contextmanager
+def _env(key: str, value: str) -> Iterator[None]:
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def _has_pickle_weights(name: str, message: str) -> bool:
     local = Path(name).expanduser()
     if local.is_dir():
         return any(local.glob("*.bin")) and not any(local.glob("*.safetensors"))
-    return ".bin" in message or "pytorch_model" in message
+    # transformers: "... cannot be loaded with `safetensors`" (a Hub repo without them)
+    return "cannot be loaded with `safetensors`" in message
 
 
 def _load_image_processor(name: str, trust_remote_code: bool) -> Any:
