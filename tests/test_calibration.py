@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -266,3 +269,145 @@ def test_image_processor_from_model_dir_or_default(tmp_path):
     loaded = load_image_processor(model_dir)
     assert loaded is not None and loaded.size == {"height": 20, "width": 20}
     assert load_image_processor("nobody-xyz/no-such-model") is None  # offline, not cached
+    (model_dir / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(HfPxError, match="preprocessor_config.json .*; fix or delete it"):
+        load_image_processor(model_dir)
+
+
+# -- a Hub dataset, streamed from a local Hub-protocol server -------------------------------------------
+class _DatasetHub:
+    """Just enough of the Hub's dataset API for `datasets.load_dataset(..., streaming=True)`:
+    repo info, tree listing, and file download with HTTP range requests."""
+
+    SHA = "c" * 40
+
+    def __init__(self, repo: str, files: dict[str, bytes]) -> None:
+        import hashlib
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import unquote, urlsplit
+
+        hub = self
+        self.requests: list[tuple[str, str]] = []
+        self.sent: dict[str, int] = {}  # bytes of each file sent by range requests
+        r = re.escape(repo)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _json(self, obj) -> None:
+                self._send(200, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                path = unquote(url.path)
+                hub.requests.append((self.command, path))
+                if re.fullmatch(rf"/api/datasets/{r}(/revision/[^/]+)?", path):
+                    siblings = [{"rfilename": f} for f in files]
+                    return self._json({"id": repo, "sha": hub.SHA, "siblings": siblings})
+                m = re.fullmatch(rf"/api/datasets/{r}/tree/[^/]+(?:/(.*))?", path)
+                if m:
+                    sub = (m.group(1) or "").strip("/")
+                    prefix = sub + "/" if sub else ""
+                    entries, dirs = [], set()
+                    for f, data in files.items():
+                        if not f.startswith(prefix):
+                            continue
+                        rest = f[len(prefix) :]
+                        if "/" in rest:
+                            dirs.add(prefix + rest.split("/")[0])
+                            continue
+                        oid = hashlib.sha1(data).hexdigest()
+                        entries.append({"type": "file", "path": f, "size": len(data), "oid": oid})
+                    entries += [{"type": "directory", "path": d, "oid": "0" * 40} for d in dirs]
+                    return self._json(entries)
+                m = re.fullmatch(rf"/datasets/{r}/resolve/[^/]+/(.+)", path)
+                if m and m.group(1) in files:
+                    data = files[m.group(1)]
+                    headers = {
+                        "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                        "X-Repo-Commit": hub.SHA,
+                        "Accept-Ranges": "bytes",
+                    }
+                    wanted = self.headers.get("Range")
+                    if wanted and self.command == "GET":
+                        a, b = wanted.split("=")[1].split("-")
+                        a, b = int(a), int(b) if b else len(data) - 1
+                        headers["Content-Range"] = f"bytes {a}-{b}/{len(data)}"
+                        hub.sent[path] = hub.sent.get(path, 0) + b + 1 - a
+                        return self._send(206, data[a : b + 1], headers)
+                    return self._send(200, data, headers)
+                self._send(404, b'{"error": "not found"}', {"X-Error-Code": "EntryNotFound"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_STREAM_PROBE = """
+import json, sys
+from hf_px.calibration import dataset_label_names, default_image_processor, load_calibration_batches
+from hf_px import HfPxError
+import hf_px.calibration.data as data
+data._STREAM_BUFFER = 100  # a small shuffle buffer: 2 of the 36 shards (plus read-ahead)
+batches = load_calibration_batches("user/digits", image_processor=default_image_processor(image_size=8),
+                                   examples_per_class=2, batch_size=8)
+labels = sorted(int(y) for b in batches for y in b["labels"])
+try:
+    load_calibration_batches("user/digits", split="test")
+    err = ""
+except HfPxError as e:
+    err = str(e)
+print(json.dumps({"labels": labels, "names": dataset_label_names("user/digits"), "err": err}))
+"""
+
+
+def test_hub_dataset_is_streamed_not_downloaded_whole(tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    ds = digits_dataset()
+    shards = 36  # 50 images each: the sample needs a few shards, not all
+    files = {"README.md": b"---\nlicense: cc-by-4.0\n---\n# digits\n"}
+    for i in range(shards):
+        buf = io.BytesIO()
+        ds.shard(num_shards=shards, index=i, contiguous=True).to_parquet(buf)
+        files[f"data/train-{i:05d}-of-{shards:05d}.parquet"] = buf.getvalue()
+    hub = _DatasetHub("user/digits", files)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+        proc = subprocess.run(
+            [sys.executable, "-c", _STREAM_PROBE], env=env, capture_output=True, text=True
+        )
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["labels"] == sorted(list(range(10)) * 2)
+    assert out["names"] == [str(i) for i in range(10)]
+    assert "has no split 'test'; choose --split from" in out["err"]
+    total = sum(len(v) for k, v in files.items() if k.endswith(".parquet"))
+    assert 0 < sum(hub.sent.values()) < total  # only the rows needed travelled
+    assert not (tmp_path / "hf" / "datasets").exists() or not any(
+        p.suffix == ".arrow" for p in (tmp_path / "hf" / "datasets").rglob("*")
+    )

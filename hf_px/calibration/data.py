@@ -112,7 +112,12 @@ def load_image_processor(model: str | os.PathLike, *, revision: str | None = Non
     if path.is_dir():
         if not (path / "preprocessor_config.json").is_file():
             return None
-        return AutoImageProcessor.from_pretrained(str(path))
+        try:
+            return AutoImageProcessor.from_pretrained(str(path))
+        except (OSError, ValueError, KeyError) as err:
+            raise HfPxError(
+                f"cannot read {path / 'preprocessor_config.json'} ({err}); fix or delete it"
+            ) from None
     try:
         return AutoImageProcessor.from_pretrained(os.fspath(model), revision=revision)
     except (OSError, ValueError) as err:  # not found, offline, no config: use the default
@@ -243,7 +248,9 @@ def _load(datasets, ref, path, config, split, streaming, **kwargs):
         ) from None
     except ValueError as err:
         msg = str(err)
-        m = re.search(r'Unknown split "[^"]*"\. Should be one of (\[.*\])', msg)
+        m = re.search(r'Unknown split "[^"]*"\. Should be one of (\[.*\])', msg) or re.search(
+            r"Bad split: .*Available splits: (\[.*\])", msg
+        )
         if m:
             raise HfPxError(
                 f"dataset {ref!r} has no split {split!r}; choose --split from {m.group(1)}"
@@ -451,7 +458,7 @@ def _stream_rows(ds, need, image_col, label_col, num_samples, per_class, seed, l
     feature = _features(ds).get(image_col)
     if isinstance(feature, datasets.Image):
         ds = ds.cast_column(image_col, datasets.Image(decode=False))
-    ds = ds.shuffle(seed=seed, buffer_size=max(_STREAM_BUFFER, 10 * need))
+    ds = ds.shuffle(seed=seed, buffer_size=max(_STREAM_BUFFER, need))
     rows: list[tuple] = []
     counts: dict[int, int] = {}
     n_classes = len(label_names) if label_names else None
