@@ -220,7 +220,7 @@ def test_default_output_dir_and_human_summary(tmp_path):
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_config_built_vit_on_an_image_folder_layerwise(tmp_path):
+def test_config_built_vit_on_an_image_folder_layerwise_bitmask(tmp_path, capsys, in_process):
     model_dir = tmp_path / "tiny-vit"
     _save_tiny_vit(model_dir)
     data = _digits_folder(tmp_path, per_class=2, classes=3)
@@ -241,6 +241,8 @@ def test_config_built_vit_on_an_image_folder_layerwise(tmp_path):
         "2",
         "--batch-size",
         "4",
+        "--format",
+        "bitmask",
         "--json",
         cwd=tmp_path,
     )
@@ -253,8 +255,14 @@ def test_config_built_vit_on_an_image_folder_layerwise(tmp_path):
         assert density == pytest.approx(0.25, abs=0.02)
     assert s["config"]["exclude"] == ["classifier"]
     assert s["calibration"]["num_samples"] == 6
-    card = (tmp_path / s["output_dir"] / "README.md").read_text()
+    out = tmp_path / s["output_dir"]
+    card = (out / "README.md").read_text()
     assert str(tmp_path) not in card  # no local path in written files
+    assert in_process(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "bitmask"
+    # 75% of the weights pruned: measured 0.38x the fp32 dense bytes
+    assert info["size_bytes"] < 0.5 * 4 * info["num_elements"]
 
 
 # -- errors, as a new user meets them ----------------------------------------------------------

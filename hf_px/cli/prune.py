@@ -219,7 +219,8 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
 
 def _print_summary(s: dict[str, Any]) -> None:
     say, pct = output.say, output.pct
-    say(f"pruned {s['model']} with {s['method']} ({s['rounds']} rounds, {s['scope']})")
+    rounds = f"{s['rounds']} round{'s' if s['rounds'] != 1 else ''}"
+    say(f"pruned {s['model']} with {s['method']} ({rounds}, {s['scope']})")
     say(
         f"  sparsity: {pct(s['sparsity'])} of {s['num_prunable']:,} prunable weights "
         f"(requested {pct(s['requested_sparsity'])}); "
