@@ -137,6 +137,12 @@ def test_bitmask_round_trip_through_from_pretrained(tmp_path, builder):
     x = make_batches(1)[0]["pixel_values"]
     with torch.no_grad():
         assert torch.equal(model(pixel_values=x).logits, loaded(pixel_values=x).logits)
+    # re-saving the loaded model gives an ordinary dense checkpoint
+    loaded.save_pretrained(tmp_path / "resaved")
+    config = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert "quantization_config" not in config
+    again = AutoModelForImageClassification.from_pretrained(tmp_path / "resaved")
+    assert_same_bits(model.state_dict(), again.state_dict())
 
 
 def test_bitmask_keeps_half_precision_bits_and_honours_dtype(tmp_path):
@@ -292,9 +298,10 @@ def test_inspect_reports_format_sparsity_and_size(tmp_path):
         assert info["sparsity"] == pytest.approx(result.sparsity)
         assert info["pruning_config"]["method"] == "magnitude"
     assert packed["size_bytes"] < 0.3 * dense["size_bytes"]
-    name = "vit.layers.0.mlp.fc1.weight"
-    assert packed["tensors"][name]["storage"] in ("elias-fano", "bitmask")
-    assert packed["tensors"][name]["sparsity"] == pytest.approx(result.per_tensor_sparsity[name])
+    # stored under transformers' checkpoint names (the parameter is vit.layers.0.mlp.fc1)
+    stored = packed["tensors"]["vit.encoder.layer.0.intermediate.dense.weight"]
+    assert stored["storage"] in ("elias-fano", "bitmask")
+    assert stored["sparsity"] == result.per_tensor_sparsity["vit.layers.0.mlp.fc1.weight"]
     assert dense["tensors"]["classifier.weight"]["storage"] == "dense"
     json.dumps(dense)
     with pytest.raises(HfPxError, match="no config.json"):

@@ -13,9 +13,9 @@ Formats:
 
 * ``dense`` — transformers' own ``save_pretrained`` output, zeros in place:
   any ``from_pretrained`` loads it, no hf-px needed.
-* ``bitmask`` — the same files, then every pruned ``*.weight`` tensor is
-  replaced by its 1-D non-zero values (under the weight's own name) and a uint8
-  ``*.weight_hfpx_index`` (:mod:`hf_px.checkpoint.bitmask`). ``import hf_px``
+* ``bitmask`` — the same files, then every Linear/Conv-like ``*weight`` tensor
+  is replaced by its 1-D non-zero values (under the weight's own name) and a
+  uint8 ``*.weight_hfpx_index`` (:mod:`hf_px.checkpoint.bitmask`). ``import hf_px``
   makes ``from_pretrained`` decode them (:mod:`hf_px.checkpoint.quantizer`);
   plain transformers refuses the shapes instead of loading random weights.
 
@@ -98,13 +98,11 @@ def save_pruned(
     evaluation = _scrub_paths(evaluation)
     parent = target.absolute().parent
     with _new_parents(parent), _staging(parent, target.name) as tmp:
-        # bitmask: keys as the model names its parameters (= the masks' names), so no
-        # load-time renaming has to carry the index tensors along
-        model.save_pretrained(
-            tmp, max_shard_size=max_shard_size, save_original_format=format == "dense"
-        )
+        # transformers writes the checkpoint (original) key names that every version
+        # loads; the bitmask format keeps them, so no version can match the 1-D values
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if format == "bitmask":
-            _compress_weights(tmp, result)
+            _compress_weights(tmp)
             _add_quantization_config(tmp)
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
@@ -266,17 +264,20 @@ def _weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
     raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
 
 
-def _compress_weights(directory: Path, result: PruningResult) -> None:
-    """Rewrite each shard: pruned ``*.weight`` tensors → values + index."""
+def _compress_weights(directory: Path) -> None:
+    """Rewrite each shard: every Linear/Conv-like weight (``*weight``, rank ≥ 2, float)
+    becomes values + index.
+
+    All of them, pruned or not, and found by the stored names rather than the
+    masks' (the file holds transformers' original key names, which may differ
+    from the parameter names): an unpruned weight costs its dense size plus a
+    48-byte header (code ``full``), and no weight of a `bitmask` checkpoint fits
+    a plain ``from_pretrained``.
+    """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     files, index = _weight_files(directory)
-    wanted = {n for n in result.masks if n.endswith("weight")}
-    skipped = sorted(set(result.masks) - wanted)
-    if skipped:
-        logger.warning("stored dense (name does not end in 'weight'): %s", skipped[:5])
-    encoded: set[str] = set()
     total = 0
     for i, fname in enumerate(files):
         path = directory / fname
@@ -285,11 +286,10 @@ def _compress_weights(directory: Path, result: PruningResult) -> None:
             metadata = f.metadata() or {}
             for key in f.keys():
                 t = f.get_tensor(key)
-                if key in wanted:
+                if key.endswith("weight") and t.dim() >= 2 and t.is_floating_point():
                     values, idx = bitmask.encode(t)
                     tensors[key] = values
                     tensors[key + INDEX_SUFFIX] = idx
-                    encoded.add(key)
                 else:
                     tensors[key] = t
         if i == 0:
@@ -301,9 +301,6 @@ def _compress_weights(directory: Path, result: PruningResult) -> None:
         if index is not None:
             for key in tensors:
                 index["weight_map"][key] = fname
-    missing = sorted(wanted - encoded)
-    if missing:
-        logger.warning("not found in the saved weights, stored dense: %s", missing[:5])
     if index is not None:
         index.setdefault("metadata", {})["total_size"] = total
         (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
