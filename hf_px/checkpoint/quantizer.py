@@ -12,8 +12,12 @@ model (``save_pretrained`` then writes a dense checkpoint).
 
 Without hf-px the method is unknown, transformers skips it with a warning, and
 the 1-D value tensors stored under the weights' own names do not fit the
-model's shapes: loading raises (it never falls back to random weights). A
-marker tensor whose *name* says what to install is listed in that error report.
+model's shapes (under every transformers version: the keys are the checkpoint
+names transformers writes): loading raises instead of falling back to random
+weights. A marker tensor whose *name* says what to install is listed in the
+load report printed just before that error. Known limit: a caller passing
+``ignore_mismatched_sizes=True`` asks transformers to re-initialise mismatched
+weights, and gets that (the report still names hf-px).
 
 Registration is lazy so that ``import hf_px`` stays cheap: if transformers'
 quantizer registry is already imported it happens at once, otherwise a
