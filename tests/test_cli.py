@@ -431,7 +431,7 @@ def _save_tiny_vit(path: Path) -> None:
 
 
 # -- push, against a local Hub-protocol server -------------------------------------------------
-def test_push_uploads_and_failures_are_one_line(tmp_path):
+def test_prune_push_to_hub_then_push_and_inspect_a_hub_id(tmp_path):
     from hub_server import HubServer
 
     server = HubServer().start()
@@ -440,19 +440,53 @@ def test_push_uploads_and_failures_are_one_line(tmp_path):
         env = _env(
             tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=server.url, HF_TOKEN="hf_cli_write_token"
         )
-        folder = str(SHIPPED["px-digits-resnet"])
-        ok = hfpx("push", folder, "alice/digits", "--private", "--json", cwd=tmp_path, env=env)
-        assert ok.returncode == 0, ok.stderr[-2000:]
-        d = _one_json(ok.stdout)
-        assert d["repo_id"] == "alice/digits" and "alice/digits" in d["url"]
-        repo = server.state.repos["alice/digits"]
-        assert repo.private
+        pruned = hfpx(
+            "prune",
+            "px-digits-resnet",
+            "--sparsity",
+            "0.5",
+            "--method",
+            "magnitude",
+            "--num-samples",
+            "8",
+            "--push-to-hub",
+            "alice/digits-px50",
+            "--private",
+            "--json",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert pruned.returncode == 0, pruned.stderr[-2000:]
+        s = _one_json(pruned.stdout)
+        assert "alice/digits-px50" in s["pushed_to"] and "push_s" in s["timings"]
+        assert server.state.repos["alice/digits-px50"].private
+        # what was uploaded is what was written
+        seen = hfpx("inspect", "alice/digits-px50", "--json", cwd=tmp_path, env=env)
+        assert seen.returncode == 0, seen.stderr[-2000:]
+        info = _one_json(seen.stdout)
+        assert info["sparsity"] == pytest.approx(s["sparsity"])
+        assert info["pruning_config"]["method"] == "magnitude"
+        # the separate push command, to a new branch
+        folder = str(tmp_path / s["output_dir"])
+        pr = hfpx(
+            "push",
+            folder,
+            "alice/digits-px50",
+            "--revision",
+            "dev",
+            "--json",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert pr.returncode == 0, pr.stderr[-2000:]
+        assert "alice/digits-px50" in _one_json(pr.stdout)["url"]
+        assert "dev" in server.state.repos["alice/digits-px50"].refs
         assert "hf_cli_write_token" in server.state.tokens_seen()
-        assert "hf_cli_write_token" not in ok.stdout + ok.stderr  # never printed
+        assert "hf_cli_write_token" not in pruned.stdout + pruned.stderr + pr.stdout + pr.stderr
         bad = hfpx(
-            "push", folder, "alice/digits", cwd=tmp_path, env={**env, "HF_TOKEN": "hf_wrong"}
+            "push", folder, "alice/digits-px50", cwd=tmp_path, env={**env, "HF_TOKEN": "hf_x"}
         )
         _assert_one_line_error(bad, 1)
-        assert "hf_wrong" not in bad.stderr
+        assert "hf_x" not in bad.stderr
     finally:
         server.stop()

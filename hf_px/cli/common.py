@@ -83,6 +83,11 @@ def eval_data(
     common: dict[str, Any] = {"dataset_config": dataset_config, "label_column": label_column}
     if split:
         common["split"] = split
+    else:
+        logger.warning(
+            "evaluating on the train split, which may hold the model's own training "
+            "images; name a held-out split (--split/--eval-split test) for a fair number"
+        )
     batches = calibration.load_labelled_batches(
         dataset,
         image_processor=processor,

@@ -99,7 +99,7 @@ def _data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument(
         "--split",
         metavar="S",
-        help="dataset split (default: train for prune, the held-out split for eval)",
+        help="dataset split (default: train; for eval name the held-out one, e.g. test)",
     )
     g.add_argument("--image-column", metavar="C", help="image column (default: detected)")
     g.add_argument("--label-column", metavar="C", help="label column (default: detected)")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-split",
         metavar="S",
-        help="split for --eval (default: the loader's held-out split, e.g. test)",
+        help="split for --eval (default: train; name the held-out one, e.g. test)",
     )
     p.add_argument("--eval-samples", type=_positive_int, metavar="N", help="cap --eval images")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
