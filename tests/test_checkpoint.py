@@ -359,3 +359,21 @@ def test_plain_state_dict_file_is_what_dense_stores(tmp_path):
     assert sum(t.numel() for t in stored.values()) == sum(
         t.numel() for t in model.state_dict().values()
     )
+
+
+def test_inspect_counts_zeros_of_weights_stored_whole(tmp_path):
+    model = tiny_resnet()
+    result = hf_px.prune(
+        model, make_batches(), 0.5, method="magnitude", rounds=1, exclude=["classifier"]
+    )
+    head = model.classifier[1].weight
+    with torch.no_grad():
+        head[0, 0] = 0.0  # not pruned, just zero
+    info = inspect_checkpoint(
+        save_pruned(model, tmp_path / "b", result, format="bitmask", card=False)
+    )
+    stored = info["tensors"]["classifier.1.weight"]
+    assert stored["storage"] == "full"
+    assert stored["zeros"] == 1
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "b")
+    assert_same_bits(model.state_dict(), loaded.state_dict())

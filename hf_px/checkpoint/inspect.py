@@ -54,8 +54,10 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                     head = bitmask.read_header(idx)
                     shape = list(head.shape)
                     numel = head.numel
-                    stored = head.numel if head.codec == bitmask.CODEC_FULL else head.count
-                    zeros = numel - stored
+                    if head.codec == bitmask.CODEC_FULL:  # every element stored, zeros too
+                        zeros = int((f.get_tensor(key) == 0).sum())
+                    else:
+                        zeros = numel - head.count
                     width = _DTYPE_BITS.get(dtype, 8) // 8
                     stored_bytes = sl.get_shape()[0] * width + idx.numel()
                     storage = head.codec_name
