@@ -315,10 +315,10 @@ def check_same_weights(model: nn.Module, reducer: Reducer | Any) -> None:
     process. `reducer` may also be an `Accelerator`.
     """
     reducer = make_reducer(reducer)
-    digest = weights_digest(model)
     if reducer.world_size == 1:
+        check_not_offloaded(model)
         return
-    table = reducer.gather_rows(digest)
+    table = reducer.gather_rows(weights_digest(model))
     differ = [r for r in range(reducer.world_size) if not torch.equal(table[r], table[0])]
     if differ:
         raise HfPxError(

@@ -78,6 +78,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model, processor = load(args.model, args)
         model.eval()
         model.to(acc.device)
+        calibration.check_same_weights(model, acc)  # every rank scores the same model
     data_proc = common.data_processor(model, processor)
 
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
