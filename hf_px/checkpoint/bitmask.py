@@ -164,12 +164,15 @@ def _ef_positions(payload: np.ndarray, m: int, low: int, a: int, b: int, upper_c
     first = int(np.searchsorted(upper_cum, a, side="right"))
     last = int(np.searchsorted(upper_cum, b - 1, side="right"))
     before = int(upper_cum[first - 1]) if first else 0
-    ones = np.flatnonzero(_unpack_bits(upper[first : last + 1], None)) + 8 * first
-    ones = ones[a - before : a - before + k]
+    ones = np.flatnonzero(_unpack_bits(upper[first : last + 1], None))[a - before :][:k]
     if ones.size != k:
         raise HfPxError("corrupt bitmask index (too few positions); re-save the checkpoint")
-    pos = (ones - np.arange(a, b, dtype=np.int64)) << low
-    pos |= low_part.astype(np.int64, copy=False)
+    # high_i = (one's bit index in the whole vector) - i; in place: each pass is a
+    # full sweep over k int64s, which is what decoding costs
+    pos = ones - np.arange(a - 8 * first, b - 8 * first, dtype=np.int64)
+    if low:
+        pos <<= low
+        pos |= low_part
     return pos
 
 
