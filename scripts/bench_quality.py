@@ -246,6 +246,23 @@ def run_family(family, cfg, methods, sparsities, seeds, trained_sparsities, log)
     return at_init, trained
 
 
+def layer_densities(family: str, sparsity: float, cfg, methods) -> dict:
+    """Kept fraction per tensor after pruning (seed 0): where each method spends
+    its budget — the diagnostic for layer collapse."""
+    size = cfg["size"][family]
+    _, _, calibration = load_digits_data(size, cfg["calibration_per_class"], cfg["batch_size"])
+    out: dict = {}
+    for method in methods_for(family, methods):
+        if method == "dense":
+            continue
+        model = build(family, size, 0)
+        result, _ = prune_with(model, method, sparsity, calibration, cfg["rounds"], 0)
+        for name, mask in result.masks.items():
+            row = out.setdefault(name, {"numel": mask.numel()})
+            row[method] = round(float(mask.float().mean()), 5)
+    return {"family": family, "sparsity": sparsity, "rounds": cfg["rounds"], "tensors": out}
+
+
 # ---------------------------------------------------------------- reporting
 
 
@@ -419,6 +436,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="px/synflow rounds")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument(
+        "--layer-densities",
+        nargs=2,
+        metavar=("FAMILY", "SPARSITY"),
+        help="only prune (seed 0) and print each tensor's kept fraction per method",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--merge", nargs="+", type=Path, help="combine earlier --out files")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md + PNG")
@@ -428,6 +451,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
 
+    if a.layer_densities:
+        family, sparsity = a.layer_densities[0], float(a.layer_densities[1])
+        cfg = dict(FULL, rounds=a.rounds or FULL["rounds"])
+        print(json.dumps(layer_densities(family, sparsity, cfg, a.methods or METHODS), indent=1))
+        return 0
     if a.merge:
         parts = [json.loads(f.read_text()) for f in a.merge]
         result = {
