@@ -3,9 +3,8 @@
 For ViT-base-, ConvNeXt-tiny- and ResNet-50-sized configs (random init,
 1000 classes), magnitude-pruned in one round to each sparsity, saved in both
 formats. Prints JSON: per model and sparsity the weight-file bytes of each
-format, the information bound (per tensor: non-zero values at their dtype +
-H(density) bits per element, i.e. the dense size for a tensor without zeros),
-the ratios, the codes chosen, and ``from_pretrained`` wall and CPU
+format, the information bound (pruned weights: non-zero values at their dtype
++ H(density) bits per element; every other tensor at its dense size), the ratios, the codes chosen, and ``from_pretrained`` wall and CPU
 times (best and median of ``--repeats``, runs interleaved, warm page cache,
 same process) plus the time to then read every weight once: transformers maps
 dense safetensors zero-copy, so a dense "load" reads no weight data until used.
@@ -65,16 +64,20 @@ def build(name: str):
 def bound_bytes(info: dict) -> tuple[float, float]:
     """Information bound in bytes: (whole weight file, the tensors stored encoded).
 
-    Per tensor with m of n elements non-zero at b bits: m·b + n·H(m/n) bits —
-    for a tensor without zeros that is its dense size.
+    Per encoded (Linear/Conv) weight with m of n elements non-zero at b bits:
+    m·b + n·H(m/n) bits. Every other tensor (biases, norms, embeddings) counts at
+    its dense size: neither format compresses it, and the zeros a random init
+    puts there (zero biases, BatchNorm statistics) are not those of a trained model.
     """
     total = encoded = 0.0
     for t in info["tensors"].values():
         width = {"F32": 32, "F16": 16, "BF16": 16, "F64": 64}.get(t["dtype"], 32)
+        if t["storage"] == "dense":
+            total += t["numel"] * width / 8
+            continue
         b = bitmask.information_bound_bits(t["numel"], t["numel"] - t["zeros"], width) / 8
         total += b
-        if t["storage"] != "dense":
-            encoded += b
+        encoded += b
     return total, encoded
 
 
