@@ -64,3 +64,18 @@ def test_quick_mode_json_and_docs(tmp_path):
     # writing twice replaces the generated block instead of appending a second one
     _run("--merge", str(out), "--write-docs", "--docs-dir", str(docs))
     assert (docs / "benchmarks.md").read_text().count("bench_quality:begin") == 1
+
+
+@pytest.mark.slow
+def test_layer_densities_diagnostic():
+    result = _run("--layer-densities", "vit", "0.9", "--methods", "snip", "px", "--rounds", "2")
+    assert result["family"] == "vit" and result["sparsity"] == 0.9
+    tensors = result["tensors"]
+    total = sum(t["numel"] for t in tensors.values())
+    for method in ("snip", "px"):
+        kept = sum(t[method] * t["numel"] for t in tensors.values())
+        assert kept / total == pytest.approx(0.1, abs=1e-3)  # exact global count
+    # PX ties q/k to v's density (docs/method.md §4.4)
+    q = next(t for n, t in tensors.items() if "q_proj" in n)
+    v = next(t for n, t in tensors.items() if "v_proj" in n)
+    assert q["px"] == pytest.approx(v["px"], abs=0.02)
