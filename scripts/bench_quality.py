@@ -435,7 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="px/synflow rounds")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     p.add_argument(
         "--layer-densities",
         nargs=2,
