@@ -184,7 +184,8 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     for n, t in eff.items():
         v = t if n in untouched else t.pow(2)
         if n in ctx.params:
-            v = v.clone().requires_grad_(True)
+            # t.pow(2) is already a fresh tensor; only θ itself (untouched) needs a copy
+            v = (v.clone() if v is t else v).requires_grad_(True)
             leaves[n] = v
         kernel[n] = v
     # data net: 1 (the 0/1 mask for prunable), untouched keep θ
@@ -236,7 +237,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
         grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
         scores = {}
         for n, g in zip(names, grads, strict=True):
-            e2 = eff[n].pow(2)
+            e2 = eff[n].pow(2) if n in untouched else leaves[n].detach()
             scores[n] = torch.zeros_like(e2) if g is None else g.detach().abs() * e2
 
     if run.state.keep_qk:
