@@ -203,3 +203,12 @@ def test_bad_inputs():
         compute_scores(PixelNet(nn.Flatten()), make_batches(1, 2), method="magnitude")
     with pytest.raises(HfPxError, match="no prunable weight"):
         prune(model, make_batches(1, 2), 0.5, exclude=[".*"])
+
+
+def test_scoring_restores_the_callers_denormal_setting():
+    from hf_px.pruning import _denormals_flushed
+
+    torch.set_flush_denormal(False)
+    prune(tiny_resnet(), make_batches(1, 2), 0.5, method="px", rounds=1)
+    assert not _denormals_flushed()
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0
