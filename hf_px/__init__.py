@@ -11,7 +11,7 @@ from .checkpoint import save_pruned  # noqa: E402  (also registers the bitmask l
 from .config import PruningConfig, PruningResult  # noqa: E402
 from .errors import HfPxError, HfPxFailure  # noqa: E402
 from .methods import METHODS  # noqa: E402
-from .pruning import compute_scores, prune  # noqa: E402
+from .pruning import compute_scores, prune, recalibrate_batchnorm  # noqa: E402
 
 __all__ = [
     "METHODS",
@@ -22,5 +22,6 @@ __all__ = [
     "__version__",
     "compute_scores",
     "prune",
+    "recalibrate_batchnorm",
     "save_pruned",
 ]

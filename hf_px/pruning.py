@@ -245,3 +245,39 @@ def prune(
 
 def _jsonable(v: Any) -> bool:
     return isinstance(v, str | int | float | bool) or v is None
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict[str, Any]]) -> int:
+    """Re-estimate BatchNorm running statistics of a pruned model on `batches`.
+
+    Pruning a *trained* network leaves its BatchNorm running statistics describing
+    the dense network; measured on the shipped digits ResNet at 90%, accuracy sat at
+    chance (~10%) until the statistics were re-estimated. Statistics are reset and
+    averaged cumulatively (momentum None) over all batches in eval mode otherwise
+    (no dropout); weights are not touched. Returns the number of layers updated.
+    Every process should pass the same (full) batch list so ranks stay identical.
+    """
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not bns:
+        return 0
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [(m, m.momentum) for m in bns]
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            for b in batches:
+                model(pixel_values=b["pixel_values"])
+    finally:
+        for m, flag in modes:
+            m.training = flag
+        for m, mom in momenta:
+            m.momentum = mom
+    return len(bns)

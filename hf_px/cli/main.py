@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="collapse guard: no tensor drops below R x the target density "
         "(default: the library's 0.1; 0 = reference behaviour)",
     )
+    p.add_argument(
+        "--no-recalibrate-bn",
+        dest="recalibrate_bn",
+        action="store_false",
+        help="keep the dense model's BatchNorm running statistics (default: re-estimate "
+        "them on the calibration data after pruning)",
+    )
     _data_args(p, required=False)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--num-samples", type=_positive_int, metavar="N")

@@ -125,6 +125,13 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
     result = _run_pruning(model, batches, args, acc)
     timings.update({k: round(v, 3) for k, v in result.timings.items()})
+    if args.recalibrate_bn:
+        from .. import recalibrate_batchnorm
+
+        # every rank holds the full batch list, so every rank gets the same statistics
+        with output.phase("re-estimating BatchNorm statistics", timings, "recalibrate_bn_s"):
+            if recalibrate_batchnorm(model, batches):
+                calib_info["batchnorm_recalibrated"] = True
 
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
