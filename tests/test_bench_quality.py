@@ -46,6 +46,8 @@ def test_quick_mode_json_and_docs(tmp_path):
     for r in result["trained"]:
         assert r["method"] != "dense" and r["sparsity"] == 0.9
         assert 0.0 <= r["after_prune"] <= 1.0 and 0.0 <= r["after_finetune"] <= 1.0
+        # BatchNorm re-estimation only where there is BatchNorm (the ResNet)
+        assert (r["after_bn_recalibration"] is None) == (r["family"] != "resnet")
     for s in result["summary"]:
         assert s["n"] == 1 and s["std"] == 0.0
     # every at-init run appears once in the summary
