@@ -182,9 +182,11 @@ def finetune(
     decayed per step to 0 (`schedule`); gradients clipped to `max_grad_norm`
     (None = off) before masking. ``masks=None`` trains densely. The model is
     left in eval mode. Returns ``{"steps", "epochs", "first_loss", "final_loss",
-    "epoch_losses", "train_s", "sparsity"}`` — ``final_loss`` is the mean over the
-    last epoch, ``sparsity`` the fraction of masked weights that are 0.0 after
-    training (1 − density of the masks when nothing was revived).
+    "epoch_losses", "train_s", "pruned_weights", "pruned_weights_nonzero",
+    "sparsity"}`` — ``final_loss`` is the mean over the last epoch,
+    ``pruned_weights_nonzero`` counts pruned weights that are not 0.0 after
+    training (0 unless something outside this loop wrote to them), ``sparsity``
+    the fraction of masked weights that the masks prune.
     """
     batches = list(train_batches)
     _check_batches(batches)
