@@ -27,6 +27,7 @@ Two exact savings over the reference implementation, neither changes a score:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -82,7 +83,7 @@ class _Runner:
         attn_ctx = (
             attention_implementation(self.model, auxnets.ATTN_NAME)
             if self.attn
-            else model_mode(self.model)
+            else contextlib.nullcontext()
         )
         with (
             auxnets.active(self.state),
