@@ -194,6 +194,8 @@ def finetune(
         raise HfPxError(f"epochs must be a positive integer, got {epochs!r}")
     if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
         raise HfPxError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
     if schedule not in ("cosine", "constant"):
         raise HfPxError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
     bound = bind_masks(model, masks) if masks else []

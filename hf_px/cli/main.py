@@ -229,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler="eval")
 
+    # -- finetune --------------------------------------------------------------------------
+    p = sub.add_parser(
+        "finetune",
+        help="train a pruned checkpoint with its masks fixed and save it",
+        description="Train a directory written by `hf-px prune` on a labelled image "
+        "dataset; every pruned weight stays exactly 0 (hf_px.training).",
+    )
+    p.add_argument("model", metavar="DIR", help="a checkpoint directory written by `hf-px prune`")
+    p.add_argument("--epochs", type=_positive_int, default=1, metavar="N")
+    p.add_argument("--lr", type=float, default=1e-4, metavar="LR", help="peak learning rate")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="W")
+    _data_args(p, required=False)
+    p.add_argument("--num-samples", type=_positive_int, metavar="N", help="cap the images")
+    p.add_argument("--output-dir", metavar="DIR", help="default: DIR-ft beside the input")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    p.add_argument("--format", choices=("dense", "bitmask"), default="dense")
+    _loading(p)
+    _common(p)
+    p.set_defaults(handler="finetune")
+
     # -- push ------------------------------------------------------------------------------
     p = sub.add_parser(
         "push",
@@ -259,6 +280,10 @@ def _handler(name: str) -> Callable[[argparse.Namespace], int]:
         from .evaluate import run_eval
 
         return run_eval
+    if name == "finetune":
+        from .finetune import run_finetune
+
+        return run_finetune
     from .push import run_push
 
     return run_push
