@@ -24,14 +24,20 @@ is ``m·b + n·H(m/n)`` bits (H the binary entropy). For fp32 the chosen code is
 within 4% of it at every density (bitmask at density ≥ ≈0.3, Elias-Fano below;
 `scripts/bench_checkpoint.py` measures whole checkpoints).
 
-Encoding and decoding are vectorised numpy (packbits/unpackbits, flatnonzero,
-fancy indexing); decoding is a few passes over m or n bytes.
+Encoding is vectorised numpy. Decoding uses the native kernels of
+``hf_px.checkpoint._bitmask_ext`` (built from C at install when a compiler is
+there; one pass, GIL released, chunks on a thread pool) and falls back to
+vectorised numpy (unpackbits, flatnonzero, fancy indexing: a few passes over m
+or n elements) otherwise, or when ``HF_PX_PURE_PYTHON_DECODE=1``. Both give the
+same bits.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -50,6 +56,18 @@ CODEC_NAMES = {CODEC_FULL: "full", CODEC_BITMASK: "bitmask", CODEC_ELIAS_FANO: "
 # magic, version, codec, ndim, low bits l, count m
 _HEAD = struct.Struct("<4sBBBBQ")
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+try:
+    from . import _bitmask_ext as _NATIVE
+except ImportError:  # built without a C compiler: numpy decoding
+    _NATIVE = None
+
+
+def native_decoder():
+    """The native kernels module, or None (not built, or ``HF_PX_PURE_PYTHON_DECODE=1``)."""
+    if os.environ.get("HF_PX_PURE_PYTHON_DECODE", "").strip().lower() in ("1", "true", "yes"):
+        return None
+    return _NATIVE
 
 
 @dataclass(frozen=True)
@@ -176,16 +194,44 @@ def _ef_positions(payload: np.ndarray, m: int, low: int, a: int, b: int, upper_c
     return pos
 
 
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), 8))
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    # one long-lived pool: starting threads per tensor cost ~1 ms a tensor (measured)
+    with _POOL_LOCK:
+        pool = _POOL.get(threads)
+        if pool is None:
+            for old in _POOL.values():
+                old.shutdown(wait=False)
+            _POOL.clear()
+            pool = _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="hf-px-decode")
+        return pool
+
+
+def _forget_pool() -> None:
+    # a forked child has none of the parent's threads
+    _POOL.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _run(jobs: list, fn) -> None:
-    threads = max(1, min(len(jobs), torch.get_num_threads(), 8))
-    if threads == 1:
+    threads = min(len(jobs), _threads())
+    if threads <= 1:
         for job in jobs:
             fn(job)
         return
-    # numpy releases the GIL in unpackbits / nonzero / fancy assignment
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(fn, jobs):
-            pass
+    # numpy and the native kernels release the GIL
+    for _ in _pool(_threads()).map(fn, jobs):
+        pass
 
 
 def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +299,42 @@ def read_header(index: torch.Tensor | np.ndarray | bytes) -> IndexHeader:
 
 def decode(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`encode`: the dense tensor, bit for bit."""
+    out, pending = _decode(values, index, background=False)
+    assert pending is None
+    return out
+
+
+class PendingDecode:
+    """Decoding jobs still running on the decoding threads (see :func:`decode_in_background`)."""
+
+    def __init__(self, futures: list) -> None:
+        self.futures = futures
+
+    def wait(self) -> None:
+        """Block until every job is done; a corrupt index raises :class:`HfPxError` here."""
+        error = None
+        for future in self.futures:  # wait for all, even after a failure
+            try:
+                future.result()
+            except ValueError as exc:
+                error = error or exc
+        if error is not None:
+            raise HfPxError(f"{error}; re-save the checkpoint")
+
+
+def decode_in_background(
+    values: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, PendingDecode | None]:
+    """Like :func:`decode`, but the native kernels fill the tensor on the decoding threads
+    while the caller goes on: the tensor's contents are valid only after ``wait()`` of the
+    returned :class:`PendingDecode` (None when everything was done at once: numpy decoding,
+    `full` code). Header, sizes and counts are checked before this returns."""
+    return _decode(values, index, background=True)
+
+
+def _decode(
+    values: torch.Tensor, index: torch.Tensor, background: bool
+) -> tuple[torch.Tensor, PendingDecode | None]:
     head = read_header(index)
     index_np = index.numpy() if index.dtype == torch.uint8 else index.view(torch.uint8).numpy()
     payload = index_np[head.offset :]
@@ -265,22 +347,139 @@ def decode(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         )
     vals = _int_view(values)
     if head.codec == CODEC_FULL:
-        return vals.clone().view(values.dtype).reshape(head.shape)
+        return vals.clone().view(values.dtype).reshape(head.shape), None
+    native = native_decoder()
+    pending = None
+    if native is not None:
+        out_np, pending = _decode_native(native, head, payload, vals.numpy(), background)
+    else:
+        out_np = _decode_numpy(head, payload, vals.numpy())
+    return torch.from_numpy(out_np).view(values.dtype).reshape(head.shape), pending
+
+
+def _bitmask_chunks(head: IndexHeader, payload: np.ndarray):
+    """Byte offsets of the decoding chunks and, per chunk, the first stored value."""
+    numel, m = head.numel, head.count
+    if payload.size * 8 < numel:
+        raise HfPxError("corrupt bitmask index (short bitmask); re-save the checkpoint")
+    payload = payload[: (numel + 7) // 8]
+    starts = list(range(0, payload.size, CHUNK // 8))
+    counts = np.add.reduceat(_popcounts(payload), starts, dtype=np.int64) if starts else []
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if int(offsets[-1]) != m:
+        raise HfPxError("corrupt bitmask index (count mismatch); re-save the checkpoint")
+    return payload, starts, offsets
+
+
+def _upper_cum(head: IndexHeader, payload: np.ndarray) -> np.ndarray:
+    m = head.count
+    upper_cum = np.cumsum(_popcounts(payload[head.low_bits * ((m + 7) // 8) :]), dtype=np.int64)
+    if upper_cum.size == 0 or int(upper_cum[-1]) < m:
+        raise HfPxError("corrupt bitmask index (too few positions); re-save the checkpoint")
+    return upper_cum
+
+
+# Elements below which a tensor is decoded by one thread (thread hand-off costs more).
+MIN_PART = 1 << 16
+
+
+def _parts(numel: int) -> int:
+    return max(1, min(_threads(), numel // MIN_PART))
+
+
+def _decode_native(
+    native, head: IndexHeader, payload: np.ndarray, vals_np: np.ndarray, background: bool
+) -> tuple[np.ndarray, PendingDecode | None]:
+    """One C pass per part (``_bitmask_ext``), parts on the decoding threads.
+
+    The tensor is split into as many parts as there are threads; page faults of the
+    fresh output memory, the larger cost on big tensors, are then taken in parallel.
+    """
+    numel, m = head.numel, head.count
+    size = vals_np.itemsize
+    vals_u8 = vals_np.view(np.uint8)
+    parts = _parts(numel)
+    if head.codec == CODEC_BITMASK:
+        nbytes = (numel + 7) // 8
+        if payload.size < nbytes:
+            raise HfPxError("corrupt bitmask index (short bitmask); re-save the checkpoint")
+        payload = payload[:nbytes]
+        cuts = [nbytes * j // parts for j in range(parts)] + [nbytes]
+        offsets = [0]
+        for j in range(parts - 1):
+            offsets.append(
+                offsets[-1]
+                + native.count_ones(payload[cuts[j] : cuts[j + 1]], 8 * (cuts[j + 1] - cuts[j]))
+            )
+        offsets.append(m)
+        if offsets[-2] > m:
+            raise HfPxError("corrupt bitmask index (count mismatch); re-save the checkpoint")
+        # every element is written (zeros too), so the memory need not be zeroed first
+        out_np = np.empty(numel, dtype=vals_np.dtype)
+        out_u8 = out_np.view(np.uint8)
+
+        def bitmask_part(j: int) -> None:
+            e0, e1 = 8 * cuts[j], min(8 * cuts[j + 1], numel)
+            native.expand_bitmask(
+                payload[cuts[j] : cuts[j + 1]],
+                vals_u8[size * offsets[j] : size * offsets[j + 1]],
+                out_u8[size * e0 : size * e1],
+                e1 - e0,
+                size,
+            )
+
+        return out_np, _dispatch(parts, bitmask_part, background)
+    out_np = np.zeros(numel, dtype=vals_np.dtype)
+    if not m:
+        return out_np, None
+    low, plane = head.low_bits, (m + 7) // 8
+    upper = payload[low * plane :]
+    out_u8 = out_np.view(np.uint8)
+    cuts = [m * j // parts for j in range(parts)] + [m]
+
+    def ef_part(j: int) -> None:
+        a, b = cuts[j], cuts[j + 1]
+        if a == b:
+            return
+        native.scatter_elias_fano(
+            payload[: low * plane],
+            plane,
+            low,
+            upper,
+            native.select_one(upper, a),  # where the a-th unary high part ends
+            vals_u8[size * a : size * b],
+            a,
+            out_u8,
+            numel,
+            size,
+        )
+
+    return out_np, _dispatch(parts, ef_part, background)
+
+
+def _dispatch(parts: int, fn, background: bool) -> PendingDecode | None:
+    if background:
+        pool = _pool(_threads())
+        return PendingDecode([pool.submit(fn, j) for j in range(parts)])
+    _run_checked(list(range(parts)), fn)
+    return None
+
+
+def _run_checked(jobs: list, fn) -> None:
+    try:
+        _run(jobs, fn)
+    except ValueError as exc:  # the native kernels' report of a corrupt index
+        raise HfPxError(f"{exc}; re-save the checkpoint") from None
+
+
+def _decode_numpy(head: IndexHeader, payload: np.ndarray, vals_np: np.ndarray) -> np.ndarray:
+    numel, m = head.numel, head.count
     # np.zeros (calloc: the kernel hands out zeroed pages) rather than torch.zeros
     # (memset): inside from_pretrained on ResNet-50 at 90% sparsity torch.zeros took
     # 0.97 s of a 1.3 s load, np.zeros made the whole load 0.36 s (measured, 2 cores)
-    out_np = np.zeros(numel, dtype=vals.numpy().dtype)
-    vals_np = vals.numpy()
-    m = head.count
+    out_np = np.zeros(numel, dtype=vals_np.dtype)
     if head.codec == CODEC_BITMASK:
-        if payload.size * 8 < numel:
-            raise HfPxError("corrupt bitmask index (short bitmask); re-save the checkpoint")
-        payload = payload[: (numel + 7) // 8]
-        starts = list(range(0, payload.size, CHUNK // 8))
-        counts = np.add.reduceat(_popcounts(payload), starts, dtype=np.int64) if starts else []
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        if int(offsets[-1]) != m:
-            raise HfPxError("corrupt bitmask index (count mismatch); re-save the checkpoint")
+        payload, starts, offsets = _bitmask_chunks(head, payload)
 
         def bitmask_chunk(j: int) -> None:
             b0 = starts[j]
@@ -291,21 +490,20 @@ def decode(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
         _run(list(range(len(starts))), bitmask_chunk)
     elif m:
-        upper_cum = np.cumsum(_popcounts(payload[head.low_bits * ((m + 7) // 8) :]), dtype=np.int64)
-        if upper_cum.size == 0 or int(upper_cum[-1]) < m:
-            raise HfPxError("corrupt bitmask index (too few positions); re-save the checkpoint")
+        upper_cum = _upper_cum(head, payload)
 
         def ef_chunk(a: int) -> None:
             b = min(a + CHUNK, m)
             pos = _ef_positions(payload, m, head.low_bits, a, b, upper_cum)
-            if pos[-1] >= numel or pos[0] < 0:
+            # positions strictly increase in a valid index (the native kernel checks too)
+            if pos[-1] >= numel or pos[0] < 0 or bool((pos[1:] <= pos[:-1]).any()):
                 raise HfPxError(
                     "corrupt bitmask index (position out of range); re-save the checkpoint"
                 )
             out_np[pos] = vals_np[a:b]
 
         _run(list(range(0, m, CHUNK)), ef_chunk)
-    return torch.from_numpy(out_np).view(values.dtype).reshape(head.shape)
+    return out_np
 
 
 def encoded_nbytes(values: torch.Tensor, index: torch.Tensor) -> int:
