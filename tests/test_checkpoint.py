@@ -57,7 +57,7 @@ def run_fresh(script: str, *args: str) -> subprocess.CompletedProcess:
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=300,
+        timeout=int(os.environ.get("HF_PX_TEST_SUBPROCESS_TIMEOUT", "300")),
     )
 
 
@@ -118,6 +118,25 @@ def test_import_hf_px_then_plain_from_pretrained_decodes_bitmask(tmp_path):
     assert report == {"lazy": True, "quantized": False}
     loaded = load_file(tmp_path / "loaded.safetensors")
     assert_same_bits(model.state_dict(), loaded)
+
+
+EXPLICIT = """
+    import json, sys
+    import hf_px
+    from hf_px.checkpoint import quantizer
+    # explicit registration before transformers' registry is imported: the import runs
+    # the post-import hook, which registers too (this used to deadlock)
+    quantizer.register()
+    quantizer.register()
+    from transformers.quantizers import auto
+    print(json.dumps({"registered": quantizer.QUANT_METHOD in auto.AUTO_QUANTIZER_MAPPING}))
+"""
+
+
+def test_explicit_registration_before_transformers_does_not_hang():
+    proc = run_fresh(EXPLICIT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"registered": True}
 
 
 @pytest.mark.parametrize("builder", [tiny_vit, tiny_convnext, tiny_resnet])

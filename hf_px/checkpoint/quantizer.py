@@ -45,7 +45,8 @@ HINT = "pip install hf-px, then import hf_px before from_pretrained"
 MARKER_KEY = f"hf_px_bitmask_checkpoint: {HINT}"
 _REGISTRY_MODULE = "transformers.quantizers.auto"
 
-_lock = threading.Lock()
+# re-entrant: importing the registry below runs the post-import hook, which registers
+_lock = threading.RLock()
 _registered = False
 
 
@@ -254,6 +255,8 @@ def register() -> None:
             return
         from transformers.quantizers import auto
 
+        if _registered:  # the post-import hook did it while the registry was imported
+            return
         config_cls, quantizer_cls, _ = _build_classes()
         if QUANT_METHOD not in auto.AUTO_QUANTIZATION_CONFIG_MAPPING:
             auto.register_quantization_config(QUANT_METHOD)(config_cls)
