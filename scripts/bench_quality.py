@@ -44,7 +44,7 @@ from hf_px.pruning import recalibrate_batchnorm  # noqa: E402
 from hf_px.training import finetune  # noqa: E402
 
 FAMILIES = ("resnet", "vit", "convnext")
-METHODS = ("dense", "random", "magnitude", "snip", "grasp", "synflow", "px", "px-rms", "px-ls")
+METHODS = ("dense", "random", "magnitude", "snip", "grasp", "synflow", "px", "px-rms")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 TRAINED_SPARSITIES = (0.5, 0.8, 0.9)
 SEEDS = (0, 1, 2)
@@ -167,8 +167,7 @@ def accuracy(model, test) -> float:
 
 
 def prune_with(model, method: str, sparsity: float, calibration, rounds: int, seed: int):
-    variants = {"px-rms": ("px", {"bn": "rms"}), "px-ls": ("px", {"layer_scale": "unit"})}
-    name, opts = variants.get(method, (method, {}))
+    name, opts = ("px", {"bn": "rms"}) if method == "px-rms" else (method, {})
     r = rounds if name in ("px", "synflow") else 1
     t0 = time.perf_counter()
     result = prune(model, calibration, sparsity, name, rounds=r, seed=seed, **opts)
@@ -176,8 +175,7 @@ def prune_with(model, method: str, sparsity: float, calibration, rounds: int, se
 
 
 def methods_for(family: str, methods) -> list[str]:
-    only = {"px-rms": "resnet", "px-ls": "convnext"}  # where the variant changes anything
-    return [m for m in methods if only.get(m, family) == family]
+    return [m for m in methods if m != "px-rms" or family == "resnet"]
 
 
 def train_recipe(cfg, epochs=None, lr=None) -> dict:

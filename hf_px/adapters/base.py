@@ -191,24 +191,12 @@ class Adapter:
         """Softmax attentions whose probabilities PX reads as token-mixing gates."""
         return find_attention(model)
 
-    def layer_scale_parameter_names(self, model: nn.Module) -> set[str]:
-        """1-D per-channel residual-branch scales (ConvNeXt ``layer_scale_parameter``,
-        BEiT ``lambda_1``/``lambda_2``, DINOv2 ``layer_scale*.lambda1``), by name."""
-        return {
-            n
-            for n, p in model.named_parameters()
-            if p.dim() == 1 and _LAYER_SCALE.search(n.rsplit(".", 1)[-1])
-        }
-
     def norm_parameter_names(self, model: nn.Module) -> set[str]:
         names: set[str] = set()
         for norm in self.norms(model):
             prefix = f"{norm.name}." if norm.name else ""
             names.update(prefix + n for n, _ in norm.module.named_parameters(recurse=False))
         return names
-
-
-_LAYER_SCALE = re.compile(r"^(layer_scale(_parameter)?|lambda_?\d+|gamma_?\d+)$")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -166,8 +166,6 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     ResNet's kernel output does not depend on any conv weight, so those scores
     are round-off). ``qk`` — ``"tied"`` (default; q/k ranked by gate sensitivity,
     budget tied to the block's v), ``"gate"`` (raw gate sensitivity) or ``"off"``.
-    ``layer_scale`` — ``"weight"`` (default: a residual-branch scale is a weight,
-    θ² in the kernel net) or ``"unit"`` (divided by its RMS first, docs/method.md §4).
     """
     model = ctx.model
     bn_mode = ctx.options.get("bn", "reference")
@@ -176,16 +174,8 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     qk_mode = ctx.options.get("qk", "tied")
     if qk_mode not in ("tied", "gate", "off"):
         raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
-    ls_mode = ctx.options.get("layer_scale", "weight")
-    if ls_mode not in ("weight", "unit"):
-        raise HfPxError(f"px option layer_scale={ls_mode!r} is unknown; use 'weight' or 'unit'")
     untouched = untouched_parameter_names(ctx)
     eff = masked_tensors(ctx)
-    unit_scales = (
-        ctx.adapter.layer_scale_parameter_names(model) - untouched - set(ctx.params)
-        if ls_mode == "unit"
-        else set()
-    )
     run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off")
     has_bn = any(n.kind == BATCH_NORM for n in run.norms)
 
@@ -193,12 +183,6 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     leaves: dict[str, torch.Tensor] = {}
     kernel: dict[str, torch.Tensor] = {}
     for n, t in eff.items():
-        if n in unit_scales:
-            # layer_scale="unit": the branch scale divided by its RMS (1 at a 1e-6 init),
-            # so a residual branch is not switched off in the kernel net (method.md §4)
-            rms = t.detach().pow(2).mean().sqrt()
-            kernel[n] = (t.detach() / rms).pow(2) if rms > 0 else torch.ones_like(t)
-            continue
         v = t if n in untouched else t.pow(2)
         if n in ctx.params:
             # t.pow(2) is already a fresh tensor; only θ itself (untouched) needs a copy
