@@ -159,10 +159,12 @@ def _stable_order(values: torch.Tensor) -> torch.Tensor:
         or not bool((values >= 0).all())  # also rules out NaN
     ):
         return torch.sort(values, stable=True).indices
-    bits = (values + 0.0).contiguous().view(int_type).numpy().astype(np.int64)  # -0.0 → +0.0
-    keys = (bits << 32) | np.arange(n, dtype=np.int64)
+    keys = (values + 0.0).contiguous().view(int_type).numpy().astype(np.int64)  # -0.0 → +0.0
+    keys <<= 32
+    keys |= np.arange(n, dtype=np.int64)
     keys.sort()
-    return torch.from_numpy(keys & 0xFFFFFFFF)
+    keys &= 0xFFFFFFFF
+    return torch.from_numpy(keys)
 
 
 def _tie_to_value(scores, masks, attn, names_q_k_v):
@@ -188,10 +190,14 @@ def _tie_to_value(scores, masks, attn, names_q_k_v):
             if idx.numel() == 0:
                 continue
             order = _stable_order(s[idx])  # ascending rank among alive
-            pos = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
-            take = (pos * v_sorted.numel()).long().clamp_(0, v_sorted.numel() - 1)
+            if idx.numel() == v_sorted.numel():  # rank r takes v's r-th value (same as below)
+                quantiles = v_sorted
+            else:
+                pos = (torch.arange(idx.numel(), dtype=torch.float64) + 0.5) / idx.numel()
+                take = (pos * v_sorted.numel()).long().clamp_(0, v_sorted.numel() - 1)
+                quantiles = v_sorted[take]
             mapped = torch.zeros_like(s)
-            mapped[idx[order]] = v_sorted[take].to(s.dtype)
+            mapped[idx[order]] = quantiles.to(s.dtype)
             scores[name] = mapped.view_as(scores[name])
 
     for a in attn:
