@@ -235,3 +235,31 @@ def test_corrupt_checkpoint_fails_from_pretrained(decoder, tmp_path):
         assert caught.type is HfPxError and "re-save the checkpoint" in str(caught.value)
     else:
         assert "conversion" in str(caught.value)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_decoding_works_in_a_forked_child(decoder):
+    import os
+
+    t = sparse((512, 300), 0.3, seed=9)
+    values, index = bitmask.encode(t)
+    bitmask.decode(values, index)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: exit code says whether decoding worked
+        # numpy compares: torch ops in a forked child may hang in OpenMP, not in hf-px
+        out = bitmask.decode(values, index).numpy().view(np.uint32)
+        os._exit(0 if np.array_equal(out, t.numpy().view(np.uint32)) else 1)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:  # a pool inherited from the parent would hang the child: do not wait forever
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("decoding hung in the forked child")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

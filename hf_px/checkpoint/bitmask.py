@@ -215,8 +215,11 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _forget_pool() -> None:
-    # a forked child has none of the parent's threads
+    # a forked child has none of the parent's threads, and the lock may have been
+    # held by one of them at the fork
+    global _POOL_LOCK
     _POOL.clear()
+    _POOL_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
