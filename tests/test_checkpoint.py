@@ -57,7 +57,7 @@ def run_fresh(script: str, *args: str) -> subprocess.CompletedProcess:
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=int(os.environ.get("HF_PX_TEST_SUBPROCESS_TIMEOUT", "300")),
+        timeout=300,
     )
 
 
