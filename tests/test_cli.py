@@ -1,7 +1,7 @@
 """The `hf-px` command line, end to end, in subprocesses as a user runs it.
 
 prune → inspect → eval → reload with plain `from_pretrained`; `--json` parsed;
-every error case of issue 6 with its exit code and a one-line message naming
+every error case with its exit code and a one-line message naming
 the fix. Models: the ResNet hf-px ships (`px-digits-resnet`) and tiny models
 built from configs and saved to tmp_path. Data: the built-in offline digits
 and image folders written by the tests.
