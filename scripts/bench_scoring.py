@@ -98,6 +98,8 @@ def main() -> None:
         variants = [(m, {}) for m in args.methods]
         if name.startswith("resnet") and "px" in args.methods:
             variants.append(("px", {"bn": "rms"}))
+        if args.prune_rounds and "px" in args.methods:
+            variants.append(("px", {"refresh": "every"}))  # the full recompute
         out = {}
         for method, opts in variants:
             cmd = [sys.executable, __file__, "--child", name, method, json.dumps(opts)]
