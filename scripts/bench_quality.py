@@ -166,8 +166,19 @@ def accuracy(model, test) -> float:
     return correct / len(y)
 
 
+def parse_method(method: str) -> tuple[str, dict]:
+    """``px-rms`` or ``name[key=value,...]`` (e.g. ``px[bn=eval,norm=gate]``) -> (name, options)."""
+    if method == "px-rms":
+        return "px", {"bn": "rms"}
+    name, _, rest = method.partition("[")
+    pairs = [kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv]
+    if name not in METHODS or any(len(kv) != 2 for kv in pairs):
+        raise argparse.ArgumentTypeError(f"unknown method {method!r}")
+    return name, dict(pairs)
+
+
 def prune_with(model, method: str, sparsity: float, calibration, rounds: int, seed: int):
-    name, opts = ("px", {"bn": "rms"}) if method == "px-rms" else (method, {})
+    name, opts = parse_method(method)
     r = rounds if name in ("px", "synflow") else 1
     t0 = time.perf_counter()
     result = prune(model, calibration, sparsity, name, rounds=r, seed=seed, **opts)
@@ -441,7 +452,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a CI-sized run (< 60 s)")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
+    p.add_argument(
+        "--methods", nargs="+", default=None, type=lambda m: parse_method(m) and m, metavar="M"
+    )
     p.add_argument("--sparsities", nargs="+", type=float, default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="px/synflow rounds")
