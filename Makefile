@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install quickstart test test-slow lint
+.PHONY: install quickstart test test-slow lint fashion-mnist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,10 @@ test-slow: install
 lint: install
 	$(VENV)/bin/ruff check hf_px tests scripts
 	$(VENV)/bin/ruff format --check hf_px tests scripts
+
+# Fashion-MNIST for scripts/bench_quality.py --data fashion-mnist (Debian package, ~30 MB).
+FMNIST_FILE := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+fashion-mnist:
+	@test -f $(FMNIST_FILE) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	  || { echo "error: cannot install dataset-fashion-mnist; run as root: apt-get update && apt-get install -y dataset-fashion-mnist" >&2; exit 1; }
+	@test -f $(FMNIST_FILE) && echo "fashion-mnist: $(dir $(FMNIST_FILE))"

@@ -162,6 +162,19 @@ def _check_batches(batches: list) -> None:
             raise HfPxError(f"training batch {i} needs a `labels` tensor with one id per image")
 
 
+def _pool(batches: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """All images and labels as two tensors, and the largest batch size given."""
+    shapes = {tuple(b["pixel_values"].shape[1:]) for b in batches}
+    if len(shapes) > 1:
+        raise HfPxError(
+            f"training batches hold images of several sizes {sorted(shapes)}; prepare them "
+            "with one image processor so that every image has the same size"
+        )
+    images = torch.cat([b["pixel_values"] for b in batches])
+    labels = torch.cat([b["labels"].reshape(-1).long() for b in batches])
+    return images, labels, max(len(b["labels"]) for b in batches)
+
+
 def finetune(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor] | None,
@@ -177,8 +190,10 @@ def finetune(
 ) -> dict[str, Any]:
     """Train `model` on `train_batches` for `epochs`, keeping `masks` fixed.
 
-    Cross-entropy on ``model(pixel_values).logits``; batch order reshuffled each
-    epoch by a generator seeded with `seed`; learning rate constant or cosine
+    Cross-entropy on ``model(pixel_values).logits``; the *images* are reshuffled
+    into new batches (of the largest given batch size) each epoch by a generator
+    seeded with `seed`, so batches mix classes even when `train_batches` come
+    class-sorted (as an image folder reads); learning rate constant or cosine
     decayed per step to 0 (`schedule`); gradients clipped to `max_grad_norm`
     (None = off) before masking. ``masks=None`` trains densely. The model is
     left in eval mode. Returns ``{"steps", "epochs", "first_loss", "final_loss",
@@ -200,7 +215,9 @@ def finetune(
         raise HfPxError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
     bound = bind_masks(model, masks) if masks else []
     opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
-    total = epochs * len(batches)
+    images, labels, batch_size = _pool(batches)
+    n_batches = math.ceil(len(labels) / batch_size)
+    total = epochs * n_batches
     g = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))  # dropout / stochastic depth
     apply_masks(bound)
@@ -209,14 +226,15 @@ def finetune(
     step, first, epoch_losses = 0, None, []
     try:
         for epoch in range(epochs):
-            order = torch.randperm(len(batches), generator=g).tolist()
+            # samples, not batches, are shuffled: a class-sorted data set would otherwise
+            # give single-class batches, and BatchNorm would train on one class's statistics
+            order = torch.randperm(len(labels), generator=g)
             running, n = 0.0, 0
-            for i in order:
+            for idx in order.split(batch_size):
                 if schedule == "cosine":
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
-                b = batches[i]
-                loss = cross_entropy(logits_of(model(pixel_values=b["pixel_values"])), b["labels"])
+                loss = cross_entropy(logits_of(model(pixel_values=images[idx])), labels[idx])
                 if not torch.isfinite(loss):
                     raise HfPxError(
                         f"training loss became {loss.item()} at step {step}; lower --lr"

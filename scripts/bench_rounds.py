@@ -15,6 +15,21 @@ best of ``--repeats``. Prints one JSON object:
   count, seconds per batch and the ratio to SNIP's in the same run;
 * ``profile`` (``--profile``) — the functions with the most cumulative time in a
   10-round PX run, to spot work repeated every round.
+* ``cache`` (``--cache``) — PX's data-side cache: a 100-round prune with the
+  default ``refresh`` and with ``refresh="every"`` (the full recompute) in SNIP-pass
+  equivalents (prune CPU seconds / one SNIP `compute_scores` on the same data,
+  same run), per-phase seconds, data refreshes, and the kept-weight overlap
+  |A∩B|/|A| of the two masks per sparsity; two yardsticks for that overlap: the
+  full recompute on a second, disjoint calibration draw of the same size, and the
+  full recompute with 2 threads (round-off only).
+* ``full_size`` (``--full-size``) — the same cost figures on full-size configs
+  (ResNet-50, ViT-base, ConvNeXt-tiny, random init, random images at
+  ``--image-size``): the default prune runs all its rounds; the full recompute's
+  100 rounds are extrapolated from its first ``--every-rounds`` rounds (each one
+  a full round).
+* ``quality`` (``--quality``) — bench_quality's at-init recipe (digits, prune at
+  init, train with masks fixed, top-1 on the test split) with 100-round PX,
+  default ``refresh`` vs ``"every"``, per family × sparsity × seed.
 """
 
 from __future__ import annotations
@@ -35,9 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_quality import FULL, build, load_digits_data  # noqa: E402
+from bench_quality import FULL, accuracy, build, load_digits_data, train_recipe  # noqa: E402
 
 from hf_px import compute_scores, prune  # noqa: E402
+from hf_px.methods.px import DEFAULT_REFRESH  # noqa: E402
 
 SCORING = {
     "snip": ("snip", {}),
@@ -149,6 +165,161 @@ def profile(family, batch_size, rounds=10, n_batches=2, **opts):
     }
 
 
+def _kept_overlap(a, b) -> float:
+    kept = sum(int(a[n].sum()) for n in a)
+    return sum(int((a[n] & b[n]).sum()) for n in a) / max(1, kept)
+
+
+def _timed_prune(model, data, sparsity, rounds, **opts):
+    t0 = time.process_time()
+    result = prune(copy.deepcopy(model), data, sparsity, "px", rounds=rounds, **opts)
+    return result, time.process_time() - t0
+
+
+def _snip_s(model, data, repeats):
+    compute_scores(model, data[:1], method="snip")  # warm-up
+    return cpu_time(lambda: compute_scores(model, data, method="snip"), repeats)
+
+
+def _phases(result) -> dict:
+    return {k: round(v, 3) for k, v in result.timings.items()}
+
+
+def cache_rows(family, sparsities, batch_size, n_batches, repeats, rounds, refresh):
+    """Default vs full recompute on the bench_quality models (digits)."""
+    base = family.removesuffix("-rms")  # resnet-rms: the ResNet with bn="rms"
+    size = FULL["size"][base]
+    train, _, _ = load_digits_data(size, 1, batch_size)
+    data = train[:n_batches]
+    other = train[n_batches : 2 * n_batches]  # disjoint draw, same size
+    model = build(base, size, 0)
+    opts = {"bn": "rms"} if family == "resnet-rms" else {}
+    snip = _snip_s(model, data, repeats)
+    rows = []
+    for s in sparsities:
+        full, t_full = _timed_prune(model, data, s, rounds, refresh="every", **opts)
+        fast, t_fast = _timed_prune(model, data, s, rounds, refresh=refresh, **opts)
+        other_full, _ = _timed_prune(model, other, s, rounds, refresh="every", **opts)
+        torch.set_num_threads(2)
+        threads2, _ = _timed_prune(model, data, s, rounds, refresh="every", **opts)
+        torch.set_num_threads(1)
+        rows.append(
+            {
+                "family": family,
+                "sparsity": s,
+                "rounds": rounds,
+                "refresh": refresh,
+                "images": sum(len(b["pixel_values"]) for b in data),
+                "snip_cpu_s": round(snip, 4),
+                "every_cpu_s": round(t_full, 3),
+                "default_cpu_s": round(t_fast, 3),
+                "every_snip_passes": round(t_full / snip, 1),
+                "default_snip_passes": round(t_fast / snip, 1),
+                "data_refreshes": sum(1 for h in fast.history if h.get("data_refreshed")),
+                "max_data_drift": max(
+                    (h["data_drift"] for h in fast.history if "data_drift" in h), default=0.0
+                ),
+                "overlap_default_vs_every": round(_kept_overlap(full.masks, fast.masks), 4),
+                "overlap_other_data_vs_every": round(
+                    _kept_overlap(full.masks, other_full.masks), 4
+                ),
+                "overlap_2threads_vs_every": round(_kept_overlap(full.masks, threads2.masks), 4),
+                "every_phases": _phases(full),
+                "default_phases": _phases(fast),
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def quality_rows(family, sparsities, seeds, rounds, refresh_values):
+    from hf_px.training import finetune
+
+    size = FULL["size"][family]
+    train, test, calibration = load_digits_data(
+        size, FULL["calibration_per_class"], FULL["batch_size"]
+    )
+    rows = []
+    for seed in seeds:
+        for s in sparsities:
+            for refresh in refresh_values:
+                model = build(family, size, seed)
+                t0 = time.process_time()
+                result = prune(
+                    model, calibration, s, "px", rounds=rounds, seed=seed, refresh=refresh
+                )
+                prune_s = time.process_time() - t0
+                finetune(model, result.masks, train, seed=seed, **train_recipe(FULL))
+                rows.append(
+                    {
+                        "family": family,
+                        "sparsity": s,
+                        "seed": seed,
+                        "refresh": refresh,
+                        "rounds": rounds,
+                        "accuracy": accuracy(model, test),
+                        "prune_cpu_s": round(prune_s, 2),
+                        "masks": {n: m.clone() for n, m in result.masks.items()},
+                    }
+                )
+                print(
+                    json.dumps({k: v for k, v in rows[-1].items() if k != "masks"}),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    # kept-weight overlap of each row's masks with the full recompute's (same seed, sparsity)
+    full = {(r["seed"], r["sparsity"]): r["masks"] for r in rows if r["refresh"] == "every"}
+    for r in rows:
+        ref = full.get((r["seed"], r["sparsity"]))
+        r["overlap_vs_every"] = None if ref is None else round(_kept_overlap(ref, r["masks"]), 4)
+        del r["masks"]
+    return rows
+
+
+class _Stop(Exception):
+    pass
+
+
+def full_size_row(name, image_size, n_images, batch_size, rounds, every_rounds, refresh):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from _bench_models import batches
+    from _bench_models import build as build_full
+
+    model = build_full(name, image_size)
+    data = batches(max(1, n_images // batch_size), batch_size, image_size)
+    snip = _snip_s(model, data, 1)
+    fast, t_fast = _timed_prune(model, data, 0.9, rounds, refresh=refresh)
+    per_round = []
+
+    def stop(info):
+        per_round.append(time.process_time())
+        if info["round"] >= every_rounds:
+            raise _Stop
+
+    t0 = time.process_time()
+    try:
+        prune(copy.deepcopy(model), data, 0.9, "px", rounds=rounds, refresh="every", callback=stop)
+    except _Stop:
+        pass
+    t_round = (per_round[-1] - t0) / len(per_round)
+    row = {
+        "model": name,
+        "image_size": image_size,
+        "images": sum(len(b["pixel_values"]) for b in data),
+        "rounds": rounds,
+        "refresh": refresh,
+        "snip_cpu_s": round(snip, 3),
+        "default_cpu_s": round(t_fast, 2),
+        "default_snip_passes": round(t_fast / snip, 1),
+        "every_cpu_s_per_round": round(t_round, 3),
+        "every_snip_passes_extrapolated": round(t_round * rounds / snip, 1),
+        "data_refreshes": sum(1 for h in fast.history if h.get("data_refreshed")),
+        "default_phases": _phases(fast),
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -158,11 +329,55 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cache", action="store_true", help="only the data-side cache figures")
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
+    p.add_argument("--refresh", default=DEFAULT_REFRESH)
+    p.add_argument("--full-size", nargs="*", default=None, metavar="MODEL")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--every-rounds", type=int, default=3)
+    p.add_argument("--quality", action="store_true")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rounds = a.rounds or ([1, 2] if a.quick else [1, 10, 100])
     batches = a.batches or ([1, 2] if a.quick else [1, 2, 4])
     repeats = a.repeats or (1 if a.quick else 3)
+    if a.cache or a.full_size is not None or a.quality:
+        out: dict = {"threads": 1}
+        if a.quality:
+            out["quality"] = []
+            for f in a.families:
+                out["quality"] += quality_rows(
+                    f, a.sparsities, a.seeds, max(rounds), ["every", a.refresh]
+                )
+        if a.cache:
+            out["cache"] = []
+            for f in a.families:
+                out["cache"] += cache_rows(
+                    f,
+                    a.sparsities,
+                    a.batch_size,
+                    max(batches),
+                    repeats,
+                    max(rounds),
+                    a.refresh,
+                )
+        if a.full_size is not None:
+            out["full_size"] = [
+                full_size_row(
+                    m,
+                    a.image_size,
+                    a.images,
+                    8,
+                    max(rounds),
+                    a.every_rounds,
+                    a.refresh,
+                )
+                for m in (a.full_size or ["resnet50", "vit-base", "convnext-tiny"])
+            ]
+        print(json.dumps(out, indent=1))
+        return 0
     result = {"threads": 1, "sparsity": 0.9, "scaling": [], "per_batch": []}
     for f in a.families:
         result["scaling"] += scaling(f, rounds, batches, a.batch_size, repeats)

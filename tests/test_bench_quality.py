@@ -3,6 +3,7 @@ documented JSON; `--merge ... --write-docs` turns it into tables and a PNG."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,11 +28,66 @@ def _run(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_method_spelling_passes_options_through():
+    bq = _module()
+    assert bq.parse_method("snip") == ("snip", {})
+    assert bq.parse_method("px[bn=eval]") == ("px", {"bn": "eval"})
+    assert bq.parse_method("px[norm=gate, keep_classifier=true]") == (
+        "px",
+        {"norm": "gate", "keep_classifier": True},
+    )
+    assert bq.parse_method("px-rms") == ("px", {"bn": "rms"})
+    for bad in ("px[bn]", "nosuch", "px[bn=rms", "dense[x=1]"):
+        with pytest.raises(SystemExit):
+            bq.parse_method(bad)
+    # BatchNorm options only where there is BatchNorm
+    ms = ["dense", "px", "px[bn=rms]", "px[norm=gate]"]
+    assert bq.methods_for("resnet", ms) == ms
+    assert bq.methods_for("vit", ms) == ["dense", "px", "px[norm=gate]"]
+
+
+def test_cache_keys_runs_by_recipe(tmp_path):
+    bq = _module()
+    cfg = bq.RECIPES["fashion-mnist"]
+    rid = bq.recipe_id("fashion-mnist", "resnet", cfg)
+    assert rid != bq.recipe_id("fashion-mnist", "vit", cfg)
+    assert rid != bq.recipe_id("fashion-mnist", "resnet", {**cfg, "epochs": cfg["epochs"] + 1})
+    assert rid == bq.recipe_id("fashion-mnist", "resnet", {**cfg, "sparsities": [0.5]})
+    path = tmp_path / "runs.jsonl"
+    row = {"data": "fashion-mnist", "family": "resnet", "method": "px[bn=rms]", "sparsity": 0.9}
+    row = {**row, "seed": 1, "protocol": "trained", "recipe_id": rid, "accuracy": 0.5}
+    cache = bq.Cache(path)
+    cache.put(row)
+    cache.put({**row, "seed": 2, "accuracy": 0.7})
+    again = bq.Cache(path)
+    assert again.get(("fashion-mnist", "resnet", "px[bn=rms]", 0.9, 1, "trained", rid)) == row
+    assert again.get(("fashion-mnist", "resnet", "px[bn=rms]", 0.9, 1, "init", rid)) is None
+    # tables come from the newest recipe of each data set / family only
+    old = {**row, "recipe_id": "old", "accuracy": 0.1}
+    kept = bq.select_recipe([old, row])
+    assert kept == [row]
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_quick_mode_json_and_docs(tmp_path):
     out = tmp_path / "quick.json"
-    result = _run("--quick", "--threads", "1", "--out", str(out))
+    cache = tmp_path / "runs.jsonl"
+    result = _run("--quick", "--threads", "1", "--out", str(out), "--cache", str(cache))
+    n_runs = len(cache.read_text().splitlines())
+    assert n_runs == len(result["at_init"]) + len(result["trained"])
+    # a second call finds every run in the cache: nothing is run or appended again
+    again = _run("--quick", "--threads", "1", "--cache", str(cache), "--families", "vit")
+    assert len(cache.read_text().splitlines()) == n_runs
+    vit = [r for r in result["at_init"] if r["family"] == "vit"]
+    assert again["at_init"] == vit
     assert result["mode"] == "quick"
     assert {"recipe", "at_init", "trained", "summary", "wall_s"} <= set(result)
     families = {r["family"] for r in result["at_init"]}

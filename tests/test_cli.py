@@ -1,7 +1,7 @@
 """The `hf-px` command line, end to end, in subprocesses as a user runs it.
 
 prune → inspect → eval → reload with plain `from_pretrained`; `--json` parsed;
-every error case of issue 6 with its exit code and a one-line message naming
+every error case with its exit code and a one-line message naming
 the fix. Models: the ResNet hf-px ships (`px-digits-resnet`) and tiny models
 built from configs and saved to tmp_path. Data: the built-in offline digits
 and image folders written by the tests.
@@ -132,6 +132,8 @@ def test_prune_json_is_one_object_with_the_truth(pruned_run):
     assert ev["accuracy_before"] == ev["dense"]["accuracy"]  # the card's flat keys
     assert ev["accuracy_after"] == ev["pruned"]["accuracy"]
     assert {"load_s", "prune_s", "save_s", "total_s"} <= set(s["timings"])
+    # per phase of the pruning (px: data side, kernel net, threshold)
+    assert {"scoring_data_s", "scoring_kernel_s", "threshold_s"} <= set(s["timings"])
     assert s["size_on_disk_bytes"] > 0
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "preprocessor_config.json").is_file()
@@ -142,6 +144,7 @@ def test_prune_progress_goes_to_stderr(pruned_run):
     _, _, proc, _ = pruned_run
     assert "pruning (px)" in proc.stderr  # the per-round bar, on stderr only
     assert "density" in proc.stderr
+    assert "data_passes" in proc.stderr and "3/3" in proc.stderr  # rounds done (and tqdm's ETA)
 
 
 def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
@@ -330,6 +333,11 @@ def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
     [
         (["prune", "m", "--sparsity", "0.9", "--method", "pxx"], "invalid choice"),
         (["prune", "m", "--sparsity", "0.9", "--px-bn", "rms", "--method", "snip"], "--px-bn"),
+        (
+            ["prune", "m", "--sparsity", "0.9", "--px-refresh", "0.3", "--method", "snip"],
+            "--px-refresh",
+        ),
+        (["prune", "m", "--sparsity", "0.9", "--px-refresh", "often"], "'every' or a fraction"),
         (["prune", "m", "--sparsity", "0.9", "--private"], "--push-to-hub"),
         (["prune", "m", "--sparsity", "0.9", "--eval-split", "test"], "--eval"),
         (["prune", "m", "--sparsity", "1e-9x"], "expected a number"),

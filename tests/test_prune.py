@@ -11,7 +11,7 @@ import torch
 from conftest import PixelNet, make_batches, tiny_resnet, tiny_vit
 from torch import nn
 
-from hf_px import HfPxError, PruningConfig, compute_scores, prune
+from hf_px import HfPxError, HfPxFailure, PruningConfig, compute_scores, prune
 from hf_px.masks import keep_counts, select_global, top_k_stable
 
 METHODS = ["px", "snip", "grasp", "synflow", "magnitude", "random"]
@@ -41,19 +41,35 @@ def test_exact_sparsity_every_method_and_scope(method, scope):
 
 def test_ties_and_single_round_are_exact():
     model = tiny_resnet()
-    with torch.no_grad():  # every weight equal: all magnitude scores tie
+    with torch.no_grad():  # every weight equal but each tensor's first: most scores tie
         for n, p in model.named_parameters():
             if p.dim() >= 2:
                 p.fill_(0.5)
+                p.view(-1)[0] = 0.75
     r1 = prune(copy.deepcopy(model), [], 0.5, method="magnitude", rounds=1, min_density_ratio=0)
     n = _n_prunable(r1)
     assert sum(int((~m).sum()) for m in r1.masks.values()) == round(0.5 * n)
-    # stable rule: the first weights (parameter order, flat index) are kept
+    # stable rule: the 0.75s, then the first tied weights (parameter order, flat index)
+    params = dict(model.named_parameters())
+    values = torch.cat([params[x].detach().reshape(-1) for x in r1.masks])
     flat = torch.cat([m.reshape(-1) for m in r1.masks.values()])
     k = n - round(0.5 * n)
-    assert flat[:k].all() and not flat[k:].any()
+    tied = torch.nonzero(values == 0.5).squeeze(1)
+    expected = values == 0.75
+    expected[tied[: k - int(expected.sum())]] = True
+    assert torch.equal(flat, expected)
     r2 = prune(copy.deepcopy(model), [], 0.5, method="magnitude", rounds=1, min_density_ratio=0)
     assert all(torch.equal(r1.masks[x], r2.masks[x]) for x in r1.masks)
+
+
+def test_a_fully_tied_tensor_is_an_error_not_a_tie_order_mask():
+    model = tiny_resnet()
+    with torch.no_grad():  # every magnitude score of the stem ties
+        model.resnet.embedder.embedder.convolution.weight.fill_(0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(HfPxFailure, match=r"all equal .*embedder.*tie order"):
+        prune(model, [], 0.5, method="magnitude", rounds=1)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
 def test_top_k_stable_tie_rule():
@@ -209,6 +225,6 @@ def test_scoring_restores_the_callers_denormal_setting():
     from hf_px.pruning import _denormals_flushed
 
     torch.set_flush_denormal(False)
-    prune(tiny_resnet(), make_batches(1, 2), 0.5, method="px", rounds=1)
+    prune(tiny_resnet(), make_batches(1, 4), 0.5, method="px", rounds=1)
     assert not _denormals_flushed()
     assert (torch.tensor([1e-39]) * 1.0).item() != 0.0

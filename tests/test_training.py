@@ -118,8 +118,8 @@ def test_finetune_transformers_families(build):
     model = build(num_labels=3)
     masks = prune(model, batches[:1], 0.9, "px", rounds=2).masks
     before = loss_on(model, batches)
-    stats = finetune(model, masks, batches, epochs=4, lr=3e-3, weight_decay=0.05, seed=1)
-    assert stats["steps"] == 8 and stats["pruned_weights_nonzero"] == 0
+    stats = finetune(model, masks, batches, epochs=8, lr=3e-3, weight_decay=0.05, seed=1)
+    assert stats["steps"] == 16 and stats["pruned_weights_nonzero"] == 0
     assert stats["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert float(pruned_values(model, masks).abs().max()) == 0.0
     assert loss_on(model, batches) < before
@@ -205,3 +205,23 @@ def test_trainer_callback_keeps_masks(tmp_path):
     apply_masks(bind_masks(other, masks))
     _trainer(other, ds, tmp_path / "plain", []).train()
     assert int((pruned_values(other, masks) != 0).sum()) > 100
+
+
+def test_finetune_shuffles_images_not_just_batches():
+    """Class-sorted batches (as an image folder reads) are re-mixed every epoch."""
+    from conftest import PixelNet
+
+    seen: list[set] = []
+    net = PixelNet(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(set(kw["pixel_values"][:, 0, 0, 0].tolist())), with_kwargs=True
+    )
+    batches = [
+        {"pixel_values": torch.full((8, 1, 2, 2), float(c)), "labels": torch.full((8,), c)}
+        for c in range(3)
+    ]
+    stats = finetune(net, None, batches, epochs=2, lr=1e-3, seed=0)
+    assert stats["steps"] == 6 and len(seen) == 6
+    assert all(len(s) > 1 for s in seen)  # every batch mixes classes
+    with pytest.raises(HfPxError, match="one image processor"):
+        finetune(net, None, [batches[0], {**batches[1], "pixel_values": torch.ones(8, 1, 3, 3)}])

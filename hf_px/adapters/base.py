@@ -56,14 +56,27 @@ def quick_gelu_gate(z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(1.702 * z)
 
 
+def _activation(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``act(z)`` through the module's own ``forward``, never ``module(z)``.
+
+    The gate is read inside the module's forward hooks: calling the module there
+    re-enters those hooks (infinite recursion). ``forward`` is the activation's
+    functional form and dispatches no hook; the clone keeps in-place activations
+    (``ReLU6(inplace=True)``) off the caller's tensor.
+    """
+    with torch.no_grad():
+        return module.forward(z.clone())
+
+
 def ratio_gate(module: nn.Module) -> GateFn:
     """Generic gate act(z)/z; at z = 0 the slope of act at 0 (central difference)."""
 
     def gate(z: torch.Tensor) -> torch.Tensor:
-        out = module(z)
+        out = _activation(module, z)
         eps = 1e-3
-        h = torch.full((1,), eps, dtype=z.dtype, device=z.device)
-        slope0 = (module(h) - module(-h)) / (2 * eps)
+        h = torch.tensor([eps, -eps], dtype=z.dtype, device=z.device)
+        ends = _activation(module, h)
+        slope0 = (ends[0] - ends[1]) / (2 * eps)
         safe = torch.where(z == 0, torch.ones_like(z), z)
         return torch.where(z == 0, slope0.expand_as(z), out / safe)
 

@@ -37,13 +37,8 @@ from ..errors import HfPxError, HfPxFailure
 
 logger = logging.getLogger(__name__)
 
-# Tensors smaller than this (elements) travel packed into float64 buffers of at
-# most this size; larger ones are reduced one by one, in place when already
-# float64 (the methods accumulate in float64), so they need no copy at all.
-# Measured (ViT-base, 86 M weights, gloo, 2 CPU processes, shared machine):
-# 1.1 s in place in float64 vs 0.7-0.9 s for Accelerator.reduce on float32
-# (which clones, but moves half the bytes) and 2.4 s for a 2-layer model through
-# one torch.cat'ed float64 buffer (the copies dominate). float64 buys exactness.
+# Small tensors travel packed into float64 buffers of at most this many elements; larger
+# ones are reduced in place, one by one, without a copy (docs/distributed.md has the timings).
 BUCKET_NUMEL = 1 << 20
 
 _LAUNCH_FIX = (
@@ -265,7 +260,7 @@ def make_accelerator(cpu: bool | None = None, **kwargs: Any) -> Any:
 def check_not_offloaded(model: nn.Module) -> None:
     """Refuse models with offloaded or meta weights.
 
-    Measured (issue 4): with CPU or disk offload through accelerate's hooks the
+    Measured: with CPU or disk offload through accelerate's hooks the
     offloaded parameters receive no gradient, so every gradient-based score of
     theirs would silently be 0. Scoring needs every weight materialised.
     """

@@ -51,6 +51,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _refresh(text: str) -> str | float:
+    if text == "every":
+        return text
+    try:
+        return _fraction(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'every' or a fraction in (0, 1) such as 0.3, got {text!r}"
+        ) from None
+
+
 def _unit_interval(text: str) -> float:
     try:
         value = float(text)
@@ -155,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--px-bn",
         choices=("reference", "rms"),
         help="PX BatchNorm treatment in the auxiliary nets (default: reference)",
+    )
+    p.add_argument(
+        "--px-refresh",
+        type=_refresh,
+        metavar="F|every",
+        help="PX: recompute the data side once the kept density has fallen by F since the "
+        "last recompute, reusing it in between (default: 0.3); 'every' = the paper's full "
+        "recompute every round",
     )
     p.add_argument(
         "--min-density-ratio",

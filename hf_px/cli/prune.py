@@ -51,6 +51,10 @@ def _check_args(args: argparse.Namespace) -> Path:
         f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
     )
     common.error_if(
+        args.px_refresh is not None and args.method != "px",
+        f"--px-refresh only applies to --method px (got --method {args.method}); drop it",
+    )
+    common.error_if(
         bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
         "--eval-dataset/--eval-split/--eval-samples only apply with --eval; add --eval",
     )
@@ -200,14 +204,21 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
     options: dict[str, Any] = {}
     if args.px_bn is not None:
         options["bn"] = args.px_bn
+    if args.px_refresh is not None:
+        options["refresh"] = args.px_refresh
     if args.min_density_ratio is not None:
         options["min_density_ratio"] = args.min_density_ratio
+    refreshes = [0]
     with output.bar(total=args.rounds, desc=f"pruning ({args.method})", unit="round") as bar:
 
         def on_round(info: dict[str, Any]) -> None:
             if bar.total is None:
                 bar.total = int(info["rounds"])
-            bar.set_postfix(density=f"{info['density']:.4f}", refresh=False)
+            post = {"density": f"{info['density']:.4f}"}
+            if "data_refreshed" in info:  # px: rounds that recomputed the data side
+                refreshes[0] += bool(info["data_refreshed"])
+                post["data_passes"] = refreshes[0]
+            bar.set_postfix(post, refresh=False)
             bar.update(1)
 
         return prune(

@@ -10,6 +10,15 @@ target density is d (and it still has them). With the reference PX semantics an
 HF ResNet loses its whole stem at 90% (measured, PX_METHOD.md §2b); the guard
 reserves the floor first and spends the rest of the budget on one global
 threshold, so the total count stays exact. ρ = 0 is the reference behaviour.
+
+Degenerate scores are an error, for every method: when every weight of a tensor
+that is still dense (two or more weights, none pruned yet — in the first round,
+every tensor) has the same score, all zero typically, the method has not ranked
+that tensor at all and any mask would be chosen by the tie rule alone.
+Selection then raises :class:`~hf_px.errors.HfPxFailure` naming the tensors,
+before any weight is touched, instead of reporting success. Ties among the
+survivors of a tensor that earlier rounds already pruned (pruning cut their
+paths, so they all score 0) are broken by the stable rule above.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from ..errors import HfPxFailure
 
 def _prepared(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
     out = {}
+    tied: list[tuple[str, float]] = []
     for n, s in scores.items():
         s = s.detach().reshape(-1).to(torch.float32)
         if torch.isnan(s).any():
@@ -30,8 +40,26 @@ def _prepared(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
                 f"scores of {n!r} contain NaN; check the model's weights or use float32 data"
             )
         alive = masks[n].reshape(-1).to(s.device)
+        if alive.numel() >= 2 and bool(alive.all()):
+            lo, hi = s.min(), s.max()
+            if bool(lo == hi):
+                tied.append((n, float(lo)))
         out[n] = torch.where(alive, s, torch.full_like(s, -math.inf))
+    if tied:
+        raise degenerate_scores_error(tied, len(scores))
     return out
+
+
+def degenerate_scores_error(tied: list[tuple[str, float]], total: int) -> HfPxFailure:
+    """The error for tensors whose alive scores all tie (see the module docstring)."""
+    names = ", ".join(repr(n) for n, _ in tied[:3]) + (", ..." if len(tied) > 3 else "")
+    zero = all(v == 0.0 for _, v in tied)
+    what = "all zero" if zero else "all equal"
+    return HfPxFailure(
+        f"scores of {len(tied)} of {total} prunable tensors are {what} ({names}): the method "
+        "cannot rank their weights, so a mask would be chosen by tie order; exclude them "
+        "(--exclude / exclude=[regex]) or use another method"
+    )
 
 
 def top_k_stable(flat: torch.Tensor, k: int) -> torch.Tensor:

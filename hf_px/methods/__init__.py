@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import HfPxError
 from . import grasp, magnitude, px, random, snip, synflow
-from .base import Method, ScoringContext
+from .base import Method, RoundCache, ScoringContext
 
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD for m in (px, snip, grasp, synflow, magnitude, random)
@@ -20,4 +20,4 @@ def get_method(name: str) -> Method:
         ) from None
 
 
-__all__ = ["METHODS", "Method", "ScoringContext", "get_method"]
+__all__ = ["METHODS", "Method", "RoundCache", "ScoringContext", "get_method"]

@@ -9,6 +9,7 @@ model's own tensors, flags or hooks (the caller checks that).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,36 @@ Batch = dict[str, Any]
 
 
 @dataclass
+class RoundCache:
+    """State carried from one round of a `prune` to the next.
+
+    `prune` creates one per run and hands it to every round's context; a method
+    that does not use it ignores it. ``store`` is the methods' own (PX keeps its
+    data-side sums there), ``timings`` sums seconds per phase over the rounds,
+    ``notes`` holds what the current round wants in the prune's history (reset
+    by `prune` before every round).
+    """
+
+    store: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+@contextlib.contextmanager
+def timed(cache: RoundCache | None, key: str) -> Iterator[None]:
+    """Add the block's wall time to ``cache.timings[key]`` (no-op without a cache)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if cache is not None:
+            cache.add_time(key, time.perf_counter() - t0)
+
+
+@dataclass
 class ScoringContext:
     model: nn.Module
     adapter: Adapter
@@ -34,6 +65,7 @@ class ScoringContext:
     seed: int = 0
     round_index: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    cache: RoundCache | None = None  # set by `prune`; None for a single scoring call
 
     def effective(self, name: str) -> torch.Tensor:
         """theta * mask, detached."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +51,7 @@ from .base import (
     hooks,
     masked_tensors,
     model_mode,
+    timed,
 )
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -242,6 +245,84 @@ def _tie_to_value(scores, masks, attn, names_q_k_v):
     return scores
 
 
+DEFAULT_REFRESH = 0.3
+
+
+@dataclass
+class _DataSide:
+    """What the data net gives a round: all a later round may reuse (see `_data_side`)."""
+
+    key: tuple
+    density: float  # kept density of the masks it was computed with
+    z_sum: torch.Tensor | None = None  # Σ_batches Σ_n z_data (float64, all-reduced)
+    z_batches: list[torch.Tensor] = field(default_factory=list)  # reference BN: per local batch
+    qk: dict[str, torch.Tensor] = field(default_factory=dict)  # ∂R/∂W_q,k, float64, all-reduced
+
+
+def refresh_policy(value: Any) -> float | None:
+    """``refresh`` option → None ("every": the paper's full recompute every round) or
+    the fraction f: the data side is recomputed once the kept density has fallen
+    to (1 − f) × its value at the last recompute."""
+    if value in ("every", None) or value == 0:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not 0.0 < f < 1.0:
+        raise HfPxError(
+            f"px option refresh={value!r} is unknown; use 'every' or a fraction in (0, 1) "
+            f"such as {DEFAULT_REFRESH} (recompute the data side when the kept density "
+            "has fallen by that fraction)"
+        )
+    return f
+
+
+def _density(masks: dict[str, torch.Tensor]) -> float:
+    kept = sum(int(m.sum()) for m in masks.values())
+    return kept / max(1, sum(m.numel() for m in masks.values()))
+
+
+def _data_side(ctx: ScoringContext, key: tuple, compute) -> _DataSide:
+    """The data side of this round: reused from `ctx.cache` while the refresh policy
+    allows it, else computed by `compute(density)` and stored. Without a cache (one
+    scoring call) or with ``refresh="every"`` it is always computed."""
+    policy = refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
+    density = _density(ctx.masks)
+    cache = ctx.cache
+    old = cache.store.get("px") if cache is not None else None
+    if (
+        policy is not None
+        and isinstance(old, _DataSide)
+        and old.key == key
+        and density > (1.0 - policy) * old.density
+    ):
+        cache.notes["data_refreshed"] = False
+        return old
+    side = compute(density)
+    if cache is not None:
+        cache.notes["data_refreshed"] = True
+        if isinstance(old, _DataSide) and old.key == key:
+            cache.notes["data_drift"] = _drift(old, side)
+        if policy is not None:
+            cache.store["px"] = side
+    return side
+
+
+def _drift(old: _DataSide, new: _DataSide) -> float:
+    """1 − cos between the old and new per-class data vector: how stale reuse was."""
+
+    def vec(side):
+        if side.z_sum is not None:
+            return side.z_sum.reshape(-1)
+        return torch.cat([z.to(torch.float64).sum(0) for z in side.z_batches])
+
+    a, b = vec(old), vec(new)
+    if a.shape != b.shape:
+        return math.nan
+    return float(1.0 - torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 def options(ctx: ScoringContext) -> tuple[str, str, str]:
     """(bn, norm, qk) modes, defaults from :data:`DEFAULTS`, checked."""
     bn_mode = ctx.options.get("bn") or DEFAULTS["bn"]
@@ -273,13 +354,21 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     ``"off"``. ``cut_scale`` (default True) — exact power-of-two rescaling at
     graph cuts where no norm uses own statistics; scores are then defined up to
     one positive factor per call.
+    ``refresh`` — within a `prune`, how often the data side (record and data
+    passes: Σ z_data and the q/k gate gradients) is recomputed: a fraction f
+    (default 0.3) recomputes it once the kept density has fallen by f since the
+    last recompute and reuses it in between (docs/method.md §2); ``"every"`` is the
+    paper's full recompute every round. The kernel net and the threshold are
+    recomputed every round either way.
     """
     model = ctx.model
     bn_mode, norm_mode, qk_mode = options(ctx)
+    refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
     untouched = untouched_parameter_names(ctx)
     eff = masked_tensors(ctx)
     run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off", norm_mode=norm_mode)
     has_bn = any(n.kind == BATCH_NORM for n in run.norms)
+    timer = ctx.cache
 
     # kernel net: θ² (θ for untouched), prunable entries are leaves
     leaves: dict[str, torch.Tensor] = {}
@@ -291,61 +380,119 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
             v = (v.clone() if v is t else v).requires_grad_(True)
             leaves[n] = v
         kernel[n] = v
-    # data net: 1 (the 0/1 mask for prunable), untouched keep θ
-    data: dict[str, torch.Tensor] = {}
-    for n, p in model.named_parameters():
-        if n in untouched:
-            data[n] = eff[n]
-        elif n in ctx.params:
-            data[n] = ctx.masks[n].to(p.dtype)
-        else:
-            data[n] = torch.ones((), dtype=p.dtype, device=p.device).expand_as(p)
+
+    def data_net() -> dict[str, torch.Tensor]:
+        # data net: 1 (the 0/1 mask for prunable), untouched keep θ
+        data: dict[str, torch.Tensor] = {}
+        for n, p in model.named_parameters():
+            if n in untouched:
+                data[n] = eff[n]
+            elif n in ctx.params:
+                data[n] = ctx.masks[n].to(p.dtype)
+            else:
+                data[n] = torch.ones((), dtype=p.dtype, device=p.device).expand_as(p)
+        return data
+
+    def finish_qk(qk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not run.state.keep_qk:
+            return {}
+        for a in run.attn:
+            for n in (a.q, a.k):
+                qk.setdefault(n, torch.zeros_like(eff[n], dtype=torch.float64))
+        return ctx.reducer.all_reduce_dict(dict(sorted(qk.items())))
+
     names = list(leaves)
     sample = ctx.options["sample_input"]
-    qk: dict[str, torch.Tensor] = {}
+    key = (
+        bn_mode,
+        norm_mode,
+        qk_mode,
+        tuple(sorted(untouched)),
+        tuple(b["pixel_values"].shape for b in batches),
+    )
 
     if has_bn and bn_mode == "reference":
         # op for op as the official code: one kernel pass per batch on ones_like(x)
         # float64: exact sums, so the result does not depend on the process count
         acc = {n: torch.zeros_like(leaves[n], dtype=torch.float64) for n in names}
-        for batch in batches:
-            x = batch["pixel_values"]
-            run.record(eff, x)
-            z_data = run.data(data, x)
-            z_kernel = run.kernel(kernel, torch.ones_like(x))
-            if run.state.keep_qk:
-                run.qk_grads(z_data, z_kernel, qk)
+
+        def add_grads(z_data, z_kernel):
             r = (z_data.detach() * z_kernel).sum()
             grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
             for n, g in zip(names, grads, strict=True):
                 if g is not None:
                     acc[n] += g
+
+        def compute(density: float) -> _DataSide:
+            side = _DataSide(key, density)
+            data, qk = data_net(), {}
+            for batch in batches:
+                x = batch["pixel_values"]
+                with timed(timer, "data_s"):
+                    run.record(eff, x)
+                    z_data = run.data(data, x)
+                with timed(timer, "kernel_s"):
+                    z_kernel = run.kernel(kernel, torch.ones_like(x))
+                if run.state.keep_qk:
+                    with timed(timer, "data_s"):
+                        run.qk_grads(z_data, z_kernel, qk)
+                with timed(timer, "kernel_s"):
+                    add_grads(z_data, z_kernel)
+                side.z_batches.append(z_data.detach())
+            with timed(timer, "data_s"):
+                side.qk = finish_qk(qk)
+            return side
+
+        side = _data_side(ctx, key, compute)
+        qk_side = side.qk
+        if ctx.cache is not None and not ctx.cache.notes["data_refreshed"]:
+            # reused z_data: batches of one shape share the kernel output (identical
+            # input), so their R terms add up before the backward (equal up to round-off)
+            groups: dict[tuple, torch.Tensor] = {}
+            for batch, z in zip(batches, side.z_batches, strict=True):
+                shape = tuple(batch["pixel_values"].shape)
+                z64 = z.to(torch.float64)
+                groups[shape] = groups[shape] + z64 if shape in groups else z64
+            with timed(timer, "kernel_s"):
+                for shape, z in groups.items():
+                    ones = torch.ones(shape, dtype=sample.dtype, device=sample.device)
+                    z_kernel = run.kernel(kernel, ones)
+                    add_grads(z.to(z_kernel.dtype), z_kernel)
         acc = ctx.reducer.all_reduce_dict(acc)
         scores = {n: (acc[n].abs() * eff[n].pow(2)).to(eff[n].dtype) for n in names}
     else:
         # exact shortcut: z_kernel is the same for every sample, so
         # R = Σ_k (Σ_batches Σ_n z_data[n, k]) · z_kernel[k]
         ones = torch.ones((1,) + tuple(sample.shape[1:]), dtype=sample.dtype, device=sample.device)
-        z_kernel = run.kernel(kernel, ones)[0]
-        z_sum = torch.zeros(z_kernel.shape, dtype=torch.float64, device=z_kernel.device)
-        e_first = None  # rescaled nets: every batch is brought to the first one's factor
-        for batch in batches:
-            x = batch["pixel_values"]
-            run.record(eff, x)
-            z = run.data(data, x)
-            e_first = run.state.cum_exp if e_first is None else e_first
-            f = 2.0 ** (run.state.cum_exp - e_first)  # exact: a power of two
-            if run.state.keep_qk:
-                run.qk_grads(z, z_kernel, qk, f)
-            z_sum += z.detach().to(torch.float64).sum(0) * f
-        if run.state.scaled:
-            # one factor for the whole call: that of batch 0 (always on process 0)
-            e = torch.tensor([float(e_first or 0) if ctx.reducer.rank == 0 else 0.0])
-            f = 2.0 ** ((e_first or 0) - int(ctx.reducer.all_reduce_sum(e.double())[0]))
-            z_sum *= f
-            for n in qk:
-                qk[n] *= f
-        z_sum = ctx.reducer.all_reduce_sum(z_sum)
+        with timed(timer, "kernel_s"):
+            z_kernel = run.kernel(kernel, ones)[0]
+
+        def compute(density: float) -> _DataSide:
+            with timed(timer, "data_s"):
+                data, qk = data_net(), {}
+                z_sum = torch.zeros(z_kernel.shape, dtype=torch.float64, device=z_kernel.device)
+                e_first = None  # rescaled nets: every batch is brought to the first one's factor
+                for batch in batches:
+                    x = batch["pixel_values"]
+                    run.record(eff, x)
+                    z = run.data(data, x)
+                    e_first = run.state.cum_exp if e_first is None else e_first
+                    f = 2.0 ** (run.state.cum_exp - e_first)  # exact: a power of two
+                    if run.state.keep_qk:
+                        run.qk_grads(z, z_kernel, qk, f)
+                    z_sum += z.detach().to(torch.float64).sum(0) * f
+                if run.state.scaled:
+                    # one factor for the whole call: that of batch 0 (always on process 0)
+                    e = torch.tensor([float(e_first or 0) if ctx.reducer.rank == 0 else 0.0])
+                    f = 2.0 ** ((e_first or 0) - int(ctx.reducer.all_reduce_sum(e.double())[0]))
+                    z_sum *= f
+                    for n in qk:
+                        qk[n] *= f
+                z_sum = ctx.reducer.all_reduce_sum(z_sum)
+                return _DataSide(key, density, z_sum=z_sum, qk=finish_qk(qk))
+
+        side = _data_side(ctx, key, compute)
+        z_sum, qk_side = side.z_sum, side.qk
         if not (torch.isfinite(z_sum).all() and torch.isfinite(z_kernel).all()):
             raise HfPxError(
                 "PX's auxiliary nets overflowed on this model; score with px option "
@@ -353,15 +500,16 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
             )
         if run.state.scaled:
             # R to [0.5, 1) by one power of two: scores then sit where the float32
-            # threshold resolves them, whatever factors the cuts took
+            # threshold resolves them, whatever factors the cuts took (copies: the
+            # data side may be reused by the next round)
             r_val = float((z_sum * z_kernel.detach().to(torch.float64)).sum())
             if r_val > 0 and math.isfinite(r_val):
                 f = 2.0 ** -math.frexp(r_val)[1]
-                z_sum *= f
-                for n in qk:
-                    qk[n] *= f
-        r = (z_sum.to(z_kernel.dtype) * z_kernel).sum()
-        grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
+                z_sum = z_sum * f
+                qk_side = {n: g * f for n, g in qk_side.items()}
+        with timed(timer, "kernel_s"):
+            r = (z_sum.to(z_kernel.dtype) * z_kernel).sum()
+            grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
         scores = {}
         for n, g in zip(names, grads, strict=True):
             e2 = eff[n].pow(2) if n in untouched else leaves[n].detach()
@@ -369,15 +517,12 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
 
     if run.state.keep_qk:
         # S_j = ½ |θ_j ∂R/∂θ_j| — equals |∂R/∂θ_j²| θ_j² wherever both are defined
-        for a in run.attn:
-            for n in (a.q, a.k):
-                qk.setdefault(n, torch.zeros_like(eff[n], dtype=torch.float64))
-        qk = ctx.reducer.all_reduce_dict(dict(sorted(qk.items())))
-        for n, g in qk.items():
+        for n, g in qk_side.items():
             if n in scores:
                 scores[n] = scores[n] + (0.5 * (g * eff[n]).abs()).to(scores[n].dtype)
         if qk_mode == "tied":
-            scores = _tie_to_value(scores, ctx.masks, run.attn, None)
+            with timed(timer, "qk_tie_s"):
+                scores = _tie_to_value(scores, ctx.masks, run.attn, None)
     return scores
 
 
