@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .config import PruningResult
 from .errors import HfPxError
 from .methods.base import cross_entropy, logits_of
 
@@ -42,14 +43,26 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd")
 
 
+def as_masks(masks: Any) -> dict[str, torch.Tensor]:
+    """A name→mask dict from a dict or a :class:`~hf_px.PruningResult` (``prune``'s,
+    or :func:`hf_px.load_pruning`'s for a saved checkpoint)."""
+    if isinstance(masks, PruningResult):
+        return dict(masks.masks)
+    if not isinstance(masks, Mapping):
+        raise HfPxError(
+            "masks must be a dict {parameter name: bool tensor} or a PruningResult, e.g. "
+            "hf_px.load_pruning(checkpoint_dir)"
+        )
+    return dict(masks)
+
+
 def bind_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple]:
     """``[(parameter, bool mask on its device)]`` for every masked parameter.
 
     Raises :class:`HfPxError` for a name the model lacks or a shape mismatch, so a
     checkpoint's masks cannot silently be applied to another architecture.
     """
-    if not isinstance(masks, Mapping):
-        raise HfPxError("masks must be a dict {parameter name: bool tensor}, e.g. result.masks")
+    masks = as_masks(masks)
     params = dict(model.named_parameters())
     bound = []
     for name, mask in masks.items():
@@ -108,15 +121,19 @@ def masked_step(
 class MaskedTrainingCallback(TrainerCallback):
     """`transformers.Trainer` callback that keeps `masks` fixed during training.
 
-    ``Trainer(..., callbacks=[MaskedTrainingCallback(result.masks)])``. Masks are
+    ``Trainer(..., callbacks=[MaskedTrainingCallback(result)])`` with `result` from
+    :func:`hf_px.prune` or :func:`hf_px.load_pruning` (or its ``.masks`` dict). Masks are
     applied once at the start of training too, so a model whose pruned weights
     were not yet zeroed starts sparse.
     """
 
-    def __init__(self, masks: Mapping[str, torch.Tensor]) -> None:
-        if not isinstance(masks, Mapping) or not masks:
-            raise HfPxError("MaskedTrainingCallback needs a non-empty {name: bool mask} dict")
-        self.masks = dict(masks)
+    def __init__(self, masks: Mapping[str, torch.Tensor] | PruningResult) -> None:
+        if not isinstance(masks, Mapping | PruningResult) or not as_masks(masks):
+            raise HfPxError(
+                "MaskedTrainingCallback needs a non-empty {name: bool mask} dict or a "
+                "PruningResult (hf_px.load_pruning(checkpoint_dir))"
+            )
+        self.masks = as_masks(masks)
         self._bound: list[tuple] | None = None
         self._model_id: int | None = None
 
@@ -177,7 +194,7 @@ def _pool(batches: list) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def finetune(
     model: nn.Module,
-    masks: Mapping[str, torch.Tensor] | None,
+    masks: Mapping[str, torch.Tensor] | PruningResult | None,
     train_batches: Iterable[dict[str, Any]],
     *,
     epochs: int = 1,

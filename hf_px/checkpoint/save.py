@@ -6,6 +6,7 @@ Layout written (a standard Hugging Face model directory)::
     model.safetensors            or model-0000k-of-0000n.safetensors + index
     preprocessor_config.json     when an image processor is given
     pruning_config.json          PruningConfig (reproduces the run)
+    pruning_masks.safetensors    the masks, position-coded (:mod:`.state`; load_pruning)
     sparsity_report.json         PruningResult.report()
     README.md (+ card assets)    hf_px.card.write_card, when that module exists
 
@@ -46,6 +47,7 @@ from ..config import REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
+from .state import write_masks
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ def save_pruned(
                 "calibration info to strings and numbers"
             ) from None
         (tmp / REPORT_NAME).write_text(report + "\n")
+        write_masks(tmp, result.masks)
         if card:
             _write_card(
                 tmp,

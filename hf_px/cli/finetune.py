@@ -1,8 +1,9 @@
 """``hf-px finetune DIR``: train a pruned checkpoint with its masks fixed, save it.
 
-The masks are the checkpoint's own zeros: every prunable weight (the adapter's
-Conv/Linear weights minus the ``exclude`` of its ``pruning_config.json``) that
-is exactly 0.0 stays 0.0 (:mod:`hf_px.training`). Single process.
+The masks are the checkpoint's saved ones (``pruning_masks.safetensors``, read
+by :func:`hf_px.load_pruning`); a checkpoint from an older hf-px without them
+falls back to its zeros, with a warning. Every pruned weight stays exactly 0.0
+(:mod:`hf_px.training`). Single process.
 """
 
 from __future__ import annotations
@@ -34,17 +35,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _masks_of(model: Any, config: Any) -> dict:
-    from ..adapters import get_adapter
-
-    params = get_adapter(model).prunable_parameters(model, config.exclude)
-    return {n: p.detach() != 0 for n, p in params.items()}
-
-
 def _finetune(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from ..config import CONFIG_NAME, PruningConfig, PruningResult
+    from ..config import CONFIG_NAME, PruningResult
     from ..errors import HfPxError
     from ..evaluation import label_mapping
     from ..training import finetune
@@ -61,8 +55,10 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
     save_pruned = common.save_pruned_fn()
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
-    config = PruningConfig.load(src)
-    masks = _masks_of(model, config)
+    from ..checkpoint import load_pruning
+
+    saved = load_pruning(src, model=model)
+    config, masks = saved.config, saved.masks
     data_proc = common.data_processor(model, processor)
     kw: dict[str, Any] = {"dataset_config": args.dataset_config, "label_column": args.label_column}
     batches = calibration.load_labelled_batches(
