@@ -153,16 +153,19 @@ LOAD_PRUNING = """
 import json, sys
 import hf_px
 result = hf_px.load_pruning(sys.argv[1])
+config = hf_px.PruningConfig.from_pretrained(sys.argv[1])
 print(json.dumps({"masks": {n: m.reshape(-1).tolist() for n, m in result.masks.items()},
-                  "config": result.config.to_dict(), "report": result.report()}))
+                  "config": result.config.to_dict(), "report": result.report(),
+                  "from_pretrained": config.to_dict()}))
 """
 
 
 @pytest.mark.slow
 @pytest.mark.ci
 def test_load_pruning_from_the_hub(tmp_path):
-    """push the folder to a local Hub server, then `load_pruning(repo_id)` in a fresh
-    process and cache: masks, config and report as saved."""
+    """push the folder to a local Hub server, then `load_pruning(repo_id)` and
+    `PruningConfig.from_pretrained(repo_id)` in a fresh process and cache: masks,
+    config and report as saved."""
     from hub_server import HubServer
     from test_hub import CLI, TOKEN, USER, _run
 
@@ -189,7 +192,7 @@ def test_load_pruning_from_the_hub(tmp_path):
     assert list(got["masks"]) == list(result.masks)
     for n, m in result.masks.items():
         assert got["masks"][n] == m.reshape(-1).tolist(), n
-    assert got["config"] == json.loads(result.config.to_json())
+    assert got["config"] == json.loads(result.config.to_json()) == got["from_pretrained"]
     assert got["report"] == json.loads(json.dumps(result.report()))
     # only what load_pruning needs was downloaded, not the weights
     snap = list((tmp_path / "fresh").glob("hub/models--alice--tiny-vit-masks/snapshots/*"))
