@@ -414,6 +414,11 @@ def trainer_finetune(
             compute_metrics=_accuracy,
             callbacks=[MaskedTrainingCallback(masks)],
         )
+        if quiet:  # Trainer prints every log dict without a progress bar
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
         before = _evaluate(trainer, eval_dataset)
         t0 = time.perf_counter()
         out = trainer.train()

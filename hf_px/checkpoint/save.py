@@ -110,7 +110,12 @@ def save_pruned(
             image_processor.save_pretrained(tmp)
         try:
             result.config.save(tmp)
-            report = json.dumps(result.report(), indent=2, sort_keys=True)
+            record = result.report()
+            if evaluation:  # the figures a later fine-tune compares with
+                record["evaluation"] = {
+                    k: v for k, v in evaluation.items() if isinstance(v, str | int | float)
+                }
+            report = json.dumps(record, indent=2, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise HfPxError(
                 f"the pruning config is not JSON-serialisable ({e}); keep method options and "
