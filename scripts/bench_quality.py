@@ -117,7 +117,10 @@ DIGITS = {
     "train_limit": None,
     "test_limit": None,
     "sparsities": [0.5, 0.8, 0.9, 0.95, 0.98, 0.99],
-    "trained_sparsities": [0.5, 0.8, 0.9],
+    "trained_sparsities": [0.5, 0.8, 0.9, 0.95, 0.98, 0.99],
+    # which training loop the rows ran with (part of the cache key): hf_px.training.finetune
+    # since it reshuffles images, not batch order, every epoch
+    "train_loop": "finetune/images-reshuffled",
 }
 FASHION = {
     **DIGITS,
@@ -327,6 +330,7 @@ RESULT_KEYS = (
     "finetune_lr",
     "train_limit",
     "test_limit",
+    "train_loop",
 )
 
 
@@ -555,6 +559,25 @@ def layer_densities(data, family, sparsity, cfg, methods, protocol="init") -> di
 
 
 # ---------------------------------------------------------------- reporting
+
+
+def density_table(out) -> str:
+    """``layer_densities`` as a markdown table: kept % of each tensor per method."""
+    tensors = out["tensors"]
+    methods = method_order({m for t in tensors.values() for m in t if m != "numel"})
+    lines = [
+        f"{out['data']}, {out['family']}, {100 * out['sparsity']:g}% sparsity, "
+        f"pruned {'at init' if out['protocol'] == 'init' else 'after training'} (seed 0): "
+        "kept % of each tensor",
+        "",
+        "| tensor (numel) | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for name, t in tensors.items():
+        short = re.sub(r"^(resnet|vit|convnext)\.", "", name).replace(".weight", "")
+        cells = [f"{100 * t[m]:.2g}" if m in t else "–" for m in methods]
+        lines.append(f"| {short} ({t['numel']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarise(rows, field="accuracy"):
@@ -836,6 +859,9 @@ def main(argv=None) -> int:
         metavar=("FAMILY", "SPARSITY"),
         help="only prune (seed 0) and print each tensor's kept fraction per method",
     )
+    p.add_argument(
+        "--markdown", action="store_true", help="with --layer-densities: a markdown table"
+    )
     p.add_argument("--cache", type=Path, default=None, help="JSONL of finished runs")
     p.add_argument("--no-cache", action="store_true", help="run everything, store nothing")
     p.add_argument("--out", type=Path, help="also write the JSON here")
@@ -868,7 +894,7 @@ def main(argv=None) -> int:
         family, sparsity = a.layer_densities[0], float(a.layer_densities[1])
         proto = "trained" if a.protocols == ["trained"] else "init"
         out = layer_densities(data, family, sparsity, cfg, methods, proto)
-        print(json.dumps(out, indent=1))
+        print(density_table(out) if a.markdown else json.dumps(out, indent=1))
         return 0
     if a.merge is not None:
         paths = a.merge or [DEFAULT_CACHE]
