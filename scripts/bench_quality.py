@@ -680,11 +680,56 @@ def _mean_std_table(summary, family, sps, methods, dense=None) -> list[str]:
     return lines
 
 
+def goal_table(rows, data="digits") -> list[str]:
+    """Each PX variant's mean minus the best baseline mean, per family × protocol × sparsity."""
+    lines = [
+        f"**PX vs the best baseline** ({data}) — mean top-1 (%) of each PX variant, and in "
+        "brackets its difference to the best of "
+        + ", ".join(BASELINES)
+        + " in the same cell (≥ 0: the variant matches or beats every baseline)",
+        "",
+    ]
+    fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
+    for protocol, field in (("init", "accuracy"), ("trained", "after_finetune")):
+        prows = [r for r in rows if r.get("protocol", "init") == protocol]
+        if not prows:
+            continue
+        summary = summarise(prows, field)
+        sps = sorted({r["sparsity"] for r in summary if r["method"] != "dense"})
+        lines.append(
+            f"| {protocol}: family, method | " + " | ".join(f"{100 * s:g}%" for s in sps) + " |"
+        )
+        lines.append("|---|" + "---|" * len(sps))
+        for f in fams:
+            by = {(r["method"], r["sparsity"]): r["mean"] for r in summary if r["family"] == f}
+            best = {}
+            for s in sps:
+                cands = [(by[(m, s)], m) for m in BASELINES if (m, s) in by]
+                best[s] = max(cands) if cands else None
+            lines.append(
+                f"| {f}, best baseline | "
+                + " | ".join(f"{_pct(best[s][0])} ({best[s][1]})" if best[s] else "–" for s in sps)
+                + " |"
+            )
+            pxs = sorted({m for m, _ in by if m.startswith("px")})
+            for m in pxs:
+                cells = []
+                for s in sps:
+                    if (m, s) not in by or best[s] is None:
+                        cells.append("–")
+                        continue
+                    d = 100 * (by[(m, s)] - best[s][0])
+                    cells.append(f"{_pct(by[(m, s)])} ({d:+.1f})")
+                lines.append(f"| {f}, {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def markdown_tables(rows, data="digits") -> str:
     init = [r for r in rows if r.get("protocol", "init") == "init"]
     trained = [r for r in rows if r.get("protocol") == "trained"]
     summary = summarise(init)
-    lines = []
+    lines = goal_table(rows, data) if data != "digits" or len(rows) > 60 else []
     fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
     methods = method_order({r["method"] for r in rows})
     for f in fams:
