@@ -81,9 +81,17 @@ class _Runner:
         self.model = ctx.model
         self.bn_mode = bn_mode
         self.norm_mode = norm_mode
-        self.gates = ctx.adapter.gates(self.model)
-        self.norms = ctx.adapter.norms(self.model)
-        self.attn = ctx.adapter.attention(self.model)
+        found = ctx.cache.store.get("px_modules") if ctx.cache is not None else None
+        if found is None or found[0] is not self.model:  # the module walk, once per prune
+            found = (
+                self.model,
+                ctx.adapter.gates(self.model),
+                ctx.adapter.norms(self.model),
+                ctx.adapter.attention(self.model),
+            )
+            if ctx.cache is not None:
+                ctx.cache.store["px_modules"] = found
+        _, self.gates, self.norms, self.attn = found
         self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
         # without own-statistics normalisation the aux nets grow like fan-in^depth;
         # rescaling at cuts is exact only then (an RMS norm would undo it per branch)
