@@ -78,7 +78,7 @@ def main() -> None:
     for name in args.models:
         variants = [(m, {}) for m in args.methods]
         if name.startswith("resnet") and "px" in args.methods:
-            variants.append(("px", {"bn": "rms"}))
+            variants += [("px", {"bn": "reference"}), ("px", {"bn": "rms"})]
         out = {}
         for method, opts in variants:
             cmd = [sys.executable, __file__, "--child", name, method, json.dumps(opts)]
