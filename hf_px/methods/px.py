@@ -58,7 +58,7 @@ BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 #: the default treatment per normalisation kind: ``bn`` for BatchNorm nets, ``norm``
 #: for LayerNorm/GroupNorm nets (docs/method.md §3–4.3 say how each was chosen)
-DEFAULTS = {"bn": "reference", "norm": "rms"}
+DEFAULTS = {"bn": "eval", "norm": "rms"}
 BN_MODES = ("reference", "rms", "eval")
 NORM_MODES = ("rms", "gate")
 
