@@ -9,7 +9,15 @@
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
 from .save import FORMATS, load_model, save_pruned
+from .state import MASKS_NAME, load_pruning
 
 _install()
 
-__all__ = ["FORMATS", "inspect_checkpoint", "load_model", "save_pruned"]
+__all__ = [
+    "FORMATS",
+    "MASKS_NAME",
+    "inspect_checkpoint",
+    "load_model",
+    "load_pruning",
+    "save_pruned",
+]

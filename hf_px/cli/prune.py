@@ -15,9 +15,11 @@ from . import common, output
 from .resolve import (
     check_output_dir,
     default_output_dir,
+    is_shipped,
     load,
     model_name,
     public_name,
+    resolve,
     size_on_disk,
     source_info,
 )
@@ -62,11 +64,25 @@ def _check_args(args: argparse.Namespace) -> Path:
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
+    _refuse_unsupported(args.model)
     common.calibration_module()
     common.save_pruned_fn()  # fail now, not after the pruning, when a piece is missing
     if args.push_to_hub:
         common.push_fn()
     return out_dir
+
+
+def _refuse_unsupported(reference: str) -> None:
+    """A model type hf-px refuses is refused from its config alone, before any weight loads."""
+    from transformers import AutoConfig
+
+    from ..adapters import check_supported
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(reference))
+    except (OSError, ValueError):  # unreadable here: loading reports it, with its own fix
+        return
+    check_supported(config)
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -83,6 +99,13 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model.eval()
         model.to(acc.device)
         calibration.check_same_weights(model, acc)  # every rank scores the same model
+    # after loading, so that a wrong model id or a non-image model is what gets reported
+    common.error_if(
+        get_method(args.method).needs_data and args.dataset is None and not is_shipped(args.model),
+        f"--method {args.method} scores the weights on data; pass --dataset with images like "
+        "the model's own (a Hub dataset id, an image folder or a save_to_disk directory) — "
+        "only the shipped px-digits-resnet defaults to the built-in digits",
+    )
     data_proc = common.data_processor(model, processor)
 
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
