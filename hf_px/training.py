@@ -19,7 +19,10 @@ what :func:`hf_px.prune` returns in ``PruningResult.masks``.
 * :class:`MaskedTrainingCallback` does 1 in ``on_pre_optimizer_step`` (after
   gradient clipping) and 3 in ``on_optimizer_step`` of a `transformers.Trainer`.
 * :func:`masked_step` does 1–3 for a plain PyTorch loop; :func:`finetune` is
-  such a loop (used by ``hf-px finetune``).
+  such a loop (the Python API, kept for batches already in memory).
+* :func:`trainer_finetune` runs a `transformers.Trainer` with the callback on a
+  `datasets.Dataset` (what ``hf-px finetune`` uses: logging, evaluation, gradient
+  accumulation, mixed precision, data parallelism under torchrun/accelerate).
 """
 
 from __future__ import annotations
