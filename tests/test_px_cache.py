@@ -32,8 +32,8 @@ def _manual_loop(model, batches, sparsity, rounds, **opts):
 
 @pytest.mark.parametrize(
     "factory,opts",
-    [(tiny_vit, {}), (tiny_resnet, {}), (tiny_convnext, {})],
-    ids=["vit", "resnet-reference", "convnext"],
+    [(tiny_vit, {}), (tiny_resnet, {"bn": "reference"}), (tiny_resnet, {}), (tiny_convnext, {})],
+    ids=["vit", "resnet-reference", "resnet-default", "convnext"],
 )
 def test_refresh_every_is_the_full_recompute(factory, opts):
     model = factory()
@@ -57,21 +57,26 @@ def _ctx(model, masks, cache, **opts):
 
 
 @pytest.mark.parametrize(
-    "factory,n_batches",
-    [(tiny_vit, 2), (tiny_resnet, 1), (tiny_convnext, 2)],
-    ids=["vit-qk", "resnet-reference-grouped", "convnext"],
+    "factory,n_batches,opts",
+    [
+        (tiny_vit, 2, {}),
+        (tiny_resnet, 1, {"bn": "reference"}),
+        (tiny_resnet, 2, {}),
+        (tiny_convnext, 2, {}),
+    ],
+    ids=["vit-qk", "resnet-reference-grouped", "resnet-default", "convnext"],
 )
-def test_reused_data_side_with_unchanged_masks_gives_the_same_scores(factory, n_batches):
+def test_reused_data_side_with_unchanged_masks_gives_the_same_scores(factory, n_batches, opts):
     """Same masks twice with one cache: the second call reuses the data side and
     must assemble exactly the scores a fresh computation gives."""
     model = factory()
     batches = make_batches(n_batches, 3)
     method = get_method("px")
     cache = RoundCache()
-    fresh = _score(method, _ctx(model, None, cache), batches)
+    fresh = _score(method, _ctx(model, None, cache, **opts), batches)
     assert cache.notes["data_refreshed"] is True and "px" in cache.store
     cache.notes = {}
-    again = _score(method, _ctx(model, None, cache), batches)
+    again = _score(method, _ctx(model, None, cache, **opts), batches)
     assert cache.notes["data_refreshed"] is False
     for n in fresh:
         assert torch.equal(fresh[n], again[n]), n
