@@ -48,8 +48,7 @@ def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> li
     if isinstance(batches, dict):
         raise HfPxError("`batches` must be an iterable of dicts, not one dict; wrap it in a list")
     out = list(batches)
-    needs = method.needs_data or method.name == "synflow"
-    if needs and not out:
+    if method.needs_batches and not out:
         raise HfPxError(
             f"method {method.name!r} needs calibration data but `batches` is empty; "
             "pass at least one batch of pixel_values"

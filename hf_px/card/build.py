@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import PruningResult
 from ..errors import HfPxError, HfPxFailure
+from ..methods import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +41,6 @@ DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_siz
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
 _SOURCE_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
 
-_METHOD_LABELS = {
-    "px": "PX (Path eXclusion)",
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "synflow": "SynFlow",
-    "magnitude": "global magnitude",
-    "random": "random pruning",
-}
-_METHOD_SHORT = {"px": "PX", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow"}
-_METHOD_REFERENCES = {
-    "snip": 'Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection '
-    'Sensitivity", ICLR 2019',
-    "grasp": 'Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving '
-    'Gradient Flow", ICLR 2020',
-    "synflow": 'Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by '
-    'iteratively conserving synaptic flow", NeurIPS 2020',
-}
 # NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
 
@@ -154,8 +138,9 @@ def card_context(
     method_name = config.method
     family_label = _family_label(model, family)
     title_base = base_model.split("/")[-1] if base_model else family_label
-    label = _METHOD_LABELS.get(method_name, method_name)
-    short = _METHOD_SHORT.get(method_name, method_name)
+    method = METHODS.get(method_name)
+    label = method.label if method else method_name
+    short = (method.short_label or method.name) if method else method_name
     title = f"{title_base} pruned to {100 * result.sparsity:.0f}% sparsity ({short})"
     return {
         "title": title,
@@ -167,9 +152,9 @@ def card_context(
         "method": {
             "name": method_name,
             "label": label,
-            "needs_data": _needs_data(method_name),
+            "needs_data": method.needs_data if method else True,
         },
-        "method_reference": _METHOD_REFERENCES.get(method_name),
+        "method_reference": method.citation if method else None,
         "config": config.to_dict(),
         "achieved": {
             "sparsity": result.sparsity,
@@ -294,15 +279,6 @@ def _family_label(model: nn.Module, family: str) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return family
-
-
-def _needs_data(method: str) -> bool:
-    from ..methods import get_method
-
-    try:
-        return bool(get_method(method).needs_data)
-    except HfPxError:
-        return True
 
 
 def _display_name(value: Any) -> str | None:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..errors import HfPxError
+from ..methods import METHODS
 
 PROG = "hf-px"
-METHOD_NAMES = ("px", "snip", "grasp", "synflow", "magnitude", "random")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="fraction of prunable weights to remove, in (0, 1), e.g. 0.9",
     )
-    p.add_argument("--method", choices=METHOD_NAMES, default="px")
+    p.add_argument("--method", choices=list(METHODS), default="px")
     p.add_argument(
         "--rounds",
         type=_positive_int,
