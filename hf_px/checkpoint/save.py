@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..card import write_card
 from ..config import REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from . import bitmask
@@ -116,7 +117,7 @@ def save_pruned(
             ) from None
         (tmp / REPORT_NAME).write_text(report + "\n")
         if card:
-            _write_card(
+            write_card(
                 tmp,
                 model=model,
                 result=result,
@@ -314,19 +315,6 @@ def _add_quantization_config(directory: Path) -> None:
 
 
 # ---------------------------------------------------------------- card, privacy
-
-
-def _write_card(directory: Path, **kwargs: Any) -> None:
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("hf_px.card") is None:
-        return
-    write_card = getattr(importlib.import_module("hf_px.card"), "write_card", None)
-    if write_card is None:
-        logger.info("hf_px.card.write_card not available; no model card written")
-        return
-    write_card(directory, **kwargs)
 
 
 def _scrub_paths(value: Any) -> Any:

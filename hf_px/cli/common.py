@@ -6,44 +6,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .. import calibration
 from . import output
-from .resolve import not_available
 
 logger = logging.getLogger(__name__)
 
 
-def calibration_module():
-    """:mod:`hf_px.calibration`, or a one-line error when this build lacks it."""
-    try:
-        from .. import calibration
-
-        calibration.load_calibration_batches  # noqa: B018  (present in this build?)
-    except (ImportError, AttributeError):
-        raise not_available(
-            "calibration data (hf_px.calibration.load_calibration_batches)"
-        ) from None
-    return calibration
-
-
-def save_pruned_fn():
-    try:
-        from ..checkpoint import save_pruned
-    except ImportError:
-        raise not_available("writing checkpoints (hf_px.save_pruned)") from None
-    return save_pruned
-
-
-def push_fn():
-    try:
-        from ..hub import push_to_hub
-    except ImportError:
-        raise not_available("pushing to the Hub (hf_px.hub.push_to_hub)") from None
-    return push_to_hub
-
-
 def accelerator():
     """The checked Accelerator (cpu=True for multi-process CPU launches); sets the main process."""
-    acc = calibration_module().make_accelerator()
+    acc = calibration.make_accelerator()
     output.set_main_process(acc.is_main_process)
     return acc
 
@@ -56,7 +27,7 @@ def data_processor(model: Any, processor: Any) -> Any:
         "the model has no image processor; preparing images with hf-px's default "
         "(bilinear resize to the config's image_size, ImageNet mean/std)"
     )
-    return calibration_module().default_image_processor(getattr(model, "config", None))
+    return calibration.default_image_processor(getattr(model, "config", None))
 
 
 @dataclass
@@ -79,7 +50,6 @@ def eval_data(
     seed: int,
 ) -> EvalData:
     """Labelled batches and the data set's class names (for the model's id2label)."""
-    calibration = calibration_module()
     common: dict[str, Any] = {"dataset_config": dataset_config, "label_column": label_column}
     if split:
         common["split"] = split
@@ -117,11 +87,8 @@ def error_if(condition: bool, message: str) -> None:
 __all__ = [
     "EvalData",
     "accelerator",
-    "calibration_module",
     "data_processor",
     "error_if",
     "eval_data",
     "evaluate",
-    "push_fn",
-    "save_pruned_fn",
 ]

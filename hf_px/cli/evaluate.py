@@ -27,7 +27,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
-    common.calibration_module()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     acc = common.accelerator()

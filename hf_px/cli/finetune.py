@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import calibration
+from ..checkpoint import save_pruned
 from . import common, output
 from .resolve import check_output_dir, load, model_name, public_name, size_on_disk, source_info
 
@@ -57,8 +59,6 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         )
     out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
     check_output_dir(out_dir, args.overwrite)
-    calibration = common.calibration_module()
-    save_pruned = common.save_pruned_fn()
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
     config = PruningConfig.load(src)

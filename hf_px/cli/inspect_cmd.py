@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import inspect_checkpoint
 from ..errors import HfPxError
 from . import output
-from .resolve import not_available, resolve
+from .resolve import resolve
 
 _PATTERNS = ["*.json", "*.safetensors", "README.md"]
 
@@ -42,12 +43,6 @@ def _local_dir(reference: str) -> Path:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    try:
-        from ..checkpoint import inspect_checkpoint
-    except ImportError:
-        raise not_available(
-            "inspecting checkpoints (hf_px.checkpoint.inspect_checkpoint)"
-        ) from None
     with output.stdout_to_stderr(args.json) as stdout:
         info = inspect_checkpoint(_local_dir(args.model))
         if args.json:

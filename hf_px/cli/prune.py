@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import calibration
+from ..checkpoint import save_pruned
+from ..hub import push_to_hub
 from . import common, output
 from .resolve import (
     check_output_dir,
@@ -62,10 +65,6 @@ def _check_args(args: argparse.Namespace) -> Path:
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
-    common.calibration_module()
-    common.save_pruned_fn()  # fail now, not after the pruning, when a piece is missing
-    if args.push_to_hub:
-        common.push_fn()
     return out_dir
 
 
@@ -74,7 +73,6 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
     t_start = time.perf_counter()
     out_dir = _check_args(args)
-    calibration = common.calibration_module()
     timings: dict[str, float] = {}
     acc = common.accelerator()
 
@@ -156,7 +154,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     url = None
     if acc.is_main_process:
         with output.phase(f"saving to {out_dir}", timings, "save_s"):
-            out_dir = common.save_pruned_fn()(
+            out_dir = save_pruned(
                 model,
                 out_dir,
                 result,
@@ -169,7 +167,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
             )
         if args.push_to_hub:
             with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
-                url = common.push_fn()(out_dir, args.push_to_hub, private=args.private)
+                url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None

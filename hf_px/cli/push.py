@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..hub import push_to_hub
 from . import output
-from .resolve import not_available
 
 
 def run_push(args: argparse.Namespace) -> int:
-    try:
-        from ..hub import push_to_hub
-    except ImportError:
-        raise not_available("pushing (hf_px.hub.push_to_hub)") from None
     with output.stdout_to_stderr(args.json) as stdout:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import load_model
 from ..errors import HfPxError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -37,16 +38,8 @@ def default_output_dir(reference: str, sparsity: float) -> Path:
     return Path(f"{model_name(reference)}-px{sparsity_tag(sparsity)}")
 
 
-def not_available(feature: str) -> HfPxError:
-    return HfPxError(f"{feature} is not available yet in this hf-px build; update hf-px")
-
-
 def load(reference: str, args: Any = None) -> tuple[Any, Any]:
     """(model, image processor or None) through :func:`hf_px.checkpoint.load_model`."""
-    try:
-        from ..checkpoint import load_model
-    except ImportError:
-        raise not_available("loading models (hf_px.checkpoint.load_model)") from None
     return load_model(
         resolve(reference),
         allow_pickle=bool(getattr(args, "allow_pickle", False)),
