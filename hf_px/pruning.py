@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, get_adapter
-from .calibration.distributed import check_not_offloaded, make_reducer
 from .config import PruningConfig, PruningResult
+from .distributed import check_not_offloaded, make_reducer
 from .errors import HfPxError
 from .masks import keep_counts, select_global, select_layerwise
 from .methods import Method, RoundCache, ScoringContext, get_method

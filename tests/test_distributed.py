@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from hf_px import HfPxError, compute_scores
-from hf_px.calibration import (
+from hf_px import distributed as dist_mod
+from hf_px.distributed import (
     Reducer,
     check_not_offloaded,
     check_same_weights,
@@ -25,7 +26,6 @@ from hf_px.calibration import (
     make_accelerator,
     make_reducer,
 )
-from hf_px.calibration import distributed as dist_mod
 
 WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
 ROOT = WORKER.parents[1]
@@ -185,7 +185,7 @@ def test_accelerate_launch_cpu_flag_pair_is_refused(tmp_path):
     out = tmp_path / "cpu"
     out.mkdir()
     code = (
-        "import sys; from hf_px.calibration import make_accelerator; from hf_px import HfPxError\n"
+        "import sys; from hf_px.distributed import make_accelerator; from hf_px import HfPxError\n"
         "try:\n    make_accelerator()\nexcept HfPxError as e:\n"
         f"    open({str(out / 'err.txt')!r}, 'w').write(str(e))\n"
     )

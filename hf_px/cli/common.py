@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .. import calibration
+from .. import calibration, distributed
 from . import output
 
 logger = logging.getLogger(__name__)
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 def accelerator():
     """The checked Accelerator (cpu=True for multi-process CPU launches); sets the main process."""
-    acc = calibration.make_accelerator()
+    acc = distributed.make_accelerator()
     output.set_main_process(acc.is_main_process)
     return acc
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import calibration
+from .. import calibration, distributed
 from ..checkpoint import save_pruned
 from ..hub import push_to_hub
 from . import common, output
@@ -80,7 +80,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model, processor = load(args.model, args)
         model.eval()
         model.to(acc.device)
-        calibration.check_same_weights(model, acc)  # every rank scores the same model
+        distributed.check_same_weights(model, acc)  # every rank scores the same model
     data_proc = common.data_processor(model, processor)
 
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
@@ -97,7 +97,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
             seed=args.seed,
             need_labels=get_method(args.method).needs_labels,
         )
-        batches = calibration.move_batches(batches, acc.device)
+        batches = distributed.move_batches(batches, acc.device)
     calib_info = {
         "dataset": public_name(args.dataset) or BUILTIN_DATA,
         "config": args.dataset_config,

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..adapters import Adapter
-from ..calibration.distributed import Reducer
+from ..distributed import Reducer
 from ..errors import HfPxError
 
 Batch = dict[str, Any]
