@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..errors import HfPxError
+from ..utils import hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +152,6 @@ def digits_dataset():
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _split_error(what: str, split: str, available: Iterable[str]) -> HfPxError:
     names = ", ".join(repr(s) for s in available)
     return HfPxError(f"{what} has no split {split!r}; choose --split from {names}")
@@ -224,7 +221,7 @@ def open_dataset(
             "(or give a Hub dataset id such as 'cifar10' or 'user/name')"
         )
     if streaming is None:
-        streaming = not _offline()
+        streaming = not hub_offline()
     return _load(datasets, ref, ref, dataset_config, split, streaming)
 
 
@@ -232,7 +229,7 @@ def _load(datasets, ref, path, config, split, streaming, **kwargs):
     try:
         return datasets.load_dataset(path, config, split=split, streaming=streaming, **kwargs)
     except ConnectionError as err:
-        if _offline():
+        if hub_offline():
             raise HfPxError(
                 f"dataset {ref!r} is not in the local cache and HF_HUB_OFFLINE is set; unset "
                 "HF_HUB_OFFLINE (or run once online), or pass a local image folder"

@@ -16,7 +16,6 @@ the borders), so a kernel that skips zero weights needs ``density × dense``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from torch import nn
 from ..config import PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
+from ..utils import read_json_dict
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def resolve_base_model(source: dict[str, Any], model: nn.Module) -> str | None:
     candidates = [source.get("model_id")]
     local = source.get("local_path")
     if local:
-        candidates.append(_read_json(Path(local) / "config.json").get("_name_or_path"))
+        candidates.append(read_json_dict(Path(local) / "config.json").get("_name_or_path"))
     candidates.append(getattr(getattr(model, "config", None), "_name_or_path", None))
     for candidate in candidates:
         if looks_like_hub_id(candidate):
@@ -433,11 +433,3 @@ def _write_atomic(path: Path, write) -> None:
             f"could not write {path.name} ({exc.strerror or type(exc).__name__}); "
             "check free disk space and permissions of the output directory"
         ) from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
+from ..utils import weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
 
@@ -124,11 +125,9 @@ def _pruned_tensors(tensors: dict[str, dict], per_tensor: dict[str, dict]) -> se
 
 
 def _weight_files(root: Path) -> list[str]:
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    if (root / "model.safetensors").is_file():
-        return ["model.safetensors"]
+    files, _ = weight_files(root)
+    if files:
+        return files
     if any(root.glob("*.bin")):
         raise HfPxError(
             f"{root} has only pickle (.bin) weights; hf-px inspect reads safetensors only"

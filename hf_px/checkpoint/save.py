@@ -45,14 +45,13 @@ from torch import nn
 from ..card import write_card
 from ..config import REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
+from ..utils import SAFE_INDEX_NAME, not_found_hint, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("dense", "bitmask")
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_INDEX_NAME = "model.safetensors.index.json"
 _TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".csv")
 
 
@@ -256,13 +255,10 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 def _weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
-    index_path = directory / SAFE_INDEX_NAME
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        return sorted(set(index["weight_map"].values())), index
-    if (directory / SAFE_WEIGHTS_NAME).exists():
-        return [SAFE_WEIGHTS_NAME], None
-    raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
+    files, index = weight_files(directory)
+    if not files:
+        raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
+    return files, index
 
 
 def _compress_weights(directory: Path) -> None:
@@ -416,12 +412,7 @@ def _load_config(name: str, trust_remote_code: bool) -> Any:
         local = Path(name).expanduser()
         if local.exists():
             raise HfPxError(f"{name} is not a model directory (no config.json)") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "HF_HUB_OFFLINE is set: download it first or pass a local directory"
-            if offline
-            else "check the model id, your network, or pass a local directory"
-        )
+        hint = not_found_hint("check the model id, your network, or pass a local directory")
         raise HfPxError(f"cannot find model {name!r} locally or on the Hub; {hint}") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import inspect_checkpoint
 from ..errors import HfPxError
+from ..utils import not_found_hint
 from . import output
 from .resolve import resolve
 
@@ -28,12 +28,7 @@ def _local_dir(reference: str) -> Path:
     try:
         return Path(snapshot_download(reference, allow_patterns=_PATTERNS))
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "HF_HUB_OFFLINE is set: download it first or pass a local directory"
-            if offline
-            else "check your network or pass a local directory"
-        )
+        hint = not_found_hint("check your network or pass a local directory")
         raise HfPxError(f"cannot find {reference!r} locally or on the Hub; {hint}") from None
     except (HfHubHTTPError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

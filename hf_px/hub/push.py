@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError, HfPxFailure
+from ..utils import read_json_dict
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ def _check_repo_id(repo_id: str) -> None:
 
 def _commit_text(folder: Path) -> tuple[str, str]:
     """A commit summary naming what was pruned and how, from the files being pushed."""
-    config = _read_json(folder / CONFIG_NAME)
-    report = _read_json(folder / REPORT_NAME)
+    config = read_json_dict(folder / CONFIG_NAME)
+    report = read_json_dict(folder / REPORT_NAME)
     if not config:
         return f"Upload {folder.name} with hf-px", ""
     family = config.get("model_type") or "model"
@@ -174,14 +175,6 @@ def _pct(value: Any) -> str:
         return f"{100 * float(value):.1f}%"
     except (TypeError, ValueError):
         return "?"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _as_failure(exc: Exception, repo_id: str, endpoint: str) -> Exception:
