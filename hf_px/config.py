@@ -15,6 +15,8 @@ from .errors import HfPxError
 CONFIG_NAME = "pruning_config.json"
 REPORT_NAME = "sparsity_report.json"
 
+FORMATS = ("dense", "bitmask")  # how a checkpoint stores its weights (hf_px.checkpoint)
+
 
 @dataclass
 class PruningConfig:

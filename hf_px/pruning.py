@@ -16,6 +16,7 @@ from .config import PruningConfig, PruningResult
 from .distributed import check_not_offloaded, make_reducer
 from .errors import HfPxError
 from .masks import keep_counts, select_global, select_layerwise
+from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
 
@@ -92,23 +93,12 @@ def _prunable(model: nn.Module, adapter: Adapter, exclude: Iterable[str]) -> dic
 
 
 def _check_masks(masks: dict[str, torch.Tensor] | None, params: dict) -> dict[str, torch.Tensor]:
-    if masks is None:
-        return {
-            n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()
-        }
-    out = {}
-    for n, p in params.items():
-        m = masks.get(n)
-        if m is None:
-            out[n] = torch.ones(p.shape, dtype=torch.bool, device=p.device)
-            continue
-        if tuple(m.shape) != tuple(p.shape):
-            raise HfPxError(f"mask for {n!r} has shape {tuple(m.shape)}, expected {tuple(p.shape)}")
-        out[n] = m.to(device=p.device, dtype=torch.bool)
-    unknown = sorted(set(masks) - set(params))
-    if unknown:
-        raise HfPxError(f"masks given for non-prunable parameters {unknown[:3]}; drop them")
-    return out
+    """The given masks, checked, and all-True masks for the prunable parameters without one."""
+    given = check_masks(masks or {}, params, fix="drop it", kind="prunable parameter")
+    return {
+        n: given.get(n, torch.ones(p.shape, dtype=torch.bool, device=p.device))
+        for n, p in params.items()
+    }
 
 
 def _score(method: Method, ctx: ScoringContext, batches: list[dict]) -> dict[str, torch.Tensor]:

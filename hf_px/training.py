@@ -35,6 +35,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .errors import HfPxError
+from .masks.check import check_masks
 from .methods.base import cross_entropy, logits_of
 
 logger = logging.getLogger(__name__)
@@ -48,25 +49,9 @@ def bind_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tupl
     Raises :class:`HfPxError` for a name the model lacks or a shape mismatch, so a
     checkpoint's masks cannot silently be applied to another architecture.
     """
-    if not isinstance(masks, Mapping):
-        raise HfPxError("masks must be a dict {parameter name: bool tensor}, e.g. result.masks")
     params = dict(model.named_parameters())
-    bound = []
-    for name, mask in masks.items():
-        p = params.get(name)
-        if p is None:
-            raise HfPxError(
-                f"mask for {name!r} names no parameter of the model; "
-                "use the masks saved with this model's checkpoint"
-            )
-        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(p.shape):
-            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise HfPxError(
-                f"mask for {name!r} has shape {shape}, expected {tuple(p.shape)}; "
-                "use the masks saved with this model's checkpoint"
-            )
-        bound.append((p, mask.to(device=p.device, dtype=torch.bool)))
-    return bound
+    fix = "use the masks saved with this model's checkpoint"
+    return [(params[n], m) for n, m in check_masks(masks, params, fix=fix).items()]
 
 
 @torch.no_grad()

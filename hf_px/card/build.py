@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import PruningResult
+from ..config import FORMATS, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
 from ..utils import read_json_dict
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 README_NAME = "README.md"
 CHART_NAME = "layer_density.png"
 TEMPLATE_NAME = "pruned_model_card.md"
-FORMATS = ("dense", "bitmask")
 DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
 
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME

@@ -8,8 +8,8 @@
 
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
-from .save import FORMATS, load_model, save_pruned
+from .save import FORMATS, check_output_dir, load_model, save_pruned
 
 _install()
 
-__all__ = ["FORMATS", "inspect_checkpoint", "load_model", "save_pruned"]
+__all__ = ["FORMATS", "check_output_dir", "inspect_checkpoint", "load_model", "save_pruned"]

@@ -43,15 +43,15 @@ import torch
 from torch import nn
 
 from ..card import write_card
-from ..config import REPORT_NAME, PruningConfig, PruningResult
+from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
+from ..masks.check import check_masks
 from ..utils import SAFE_INDEX_NAME, not_found_hint, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("dense", "bitmask")
 _TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".csv")
 
 
@@ -88,7 +88,7 @@ def save_pruned(
         raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
     _check_masks(model, result)
     target = Path(output_dir).expanduser()
-    _check_target(target, overwrite, _input_dirs(model, source))
+    check_output_dir(target, overwrite, _input_dirs(model, source))
 
     # absolute paths in the run's own records would leak the machine's layout
     result = dataclasses.replace(
@@ -136,19 +136,10 @@ def save_pruned(
 
 def _check_masks(model: nn.Module, result: PruningResult) -> None:
     params = dict(model.named_parameters())
-    for name, mask in result.masks.items():
-        p = params.get(name)
-        if p is None:
-            raise HfPxError(
-                f"the pruning result has a mask for {name!r}, which the model does not have; "
-                "pass the model that hf_px.prune pruned"
-            )
-        if tuple(mask.shape) != tuple(p.shape):
-            raise HfPxError(
-                f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}"
-            )
-        pruned = ~mask.to(device=p.device, dtype=torch.bool)
-        if bool((p.detach()[pruned] != 0).any()):
+    masks = check_masks(result.masks, params, fix="pass the model that hf_px.prune pruned")
+    for name, mask in masks.items():
+        p = params[name]
+        if bool((p.detach()[~mask] != 0).any()):
             raise HfPxError(
                 f"weights of {name!r} that the mask prunes are not zero (was the model changed "
                 "after hf_px.prune?); save the model that prune returned"
@@ -166,7 +157,8 @@ def _input_dirs(model: nn.Module, source: dict[str, Any] | None) -> list[Path]:
     return found
 
 
-def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
+def check_output_dir(target: Path, overwrite: bool, inputs: list[Path] = ()) -> None:
+    """Refuse a target that overlaps an input, is a file, or is not empty without `overwrite`."""
     resolved = target.resolve()
     for d in inputs:
         if resolved == d or d in resolved.parents or resolved in d.parents:
@@ -179,7 +171,8 @@ def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
             raise HfPxError(f"output path {target} exists and is not a directory; choose another")
         if any(target.iterdir()) and not overwrite:
             raise HfPxError(
-                f"output directory {target} is not empty; pass --overwrite to replace it"
+                f"output directory {target} is not empty; pass --overwrite to replace it "
+                "or choose another output directory"
             )
 
 

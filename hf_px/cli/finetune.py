@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
-from ..checkpoint import save_pruned
+from ..checkpoint import check_output_dir, save_pruned
 from . import common, output
-from .resolve import check_output_dir, load, model_name, public_name, size_on_disk, source_info
+from .resolve import load, model_name, public_name, size_on_disk, source_info
 
 BUILTIN_DATA = "sklearn-digits"
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from .. import __version__
+from ..config import FORMATS
 from ..errors import HfPxError
 from ..methods import METHODS
 
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-dir", metavar="DIR", help="default: ./<model-name>-px<sparsity%%>")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    p.add_argument("--format", choices=("dense", "bitmask"), default="dense")
+    p.add_argument("--format", choices=FORMATS, default="dense")
     p.add_argument(
         "--eval",
         action="store_true",
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=_positive_int, metavar="N", help="cap the images")
     p.add_argument("--output-dir", metavar="DIR", help="default: DIR-ft beside the input")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    p.add_argument("--format", choices=("dense", "bitmask"), default="dense")
+    p.add_argument("--format", choices=FORMATS, default="dense")
     _loading(p)
     _common(p)
     p.set_defaults(handler="finetune")

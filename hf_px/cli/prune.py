@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
-from ..checkpoint import save_pruned
+from ..checkpoint import check_output_dir, save_pruned
 from ..hub import push_to_hub
 from . import common, output
 from .resolve import (
-    check_output_dir,
     default_output_dir,
     load,
     model_name,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_model
-from ..errors import HfPxError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # short names for the models hf-px ships (usable wherever MODEL is expected)
@@ -64,17 +63,6 @@ def public_name(reference: str | None) -> str | None:
     if path.exists() or reference.startswith((".", "/", "~")) or "\\" in reference:
         return path.name or "local"
     return reference
-
-
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Fail before any work when the output directory would be refused anyway."""
-    if path.exists() and not path.is_dir():
-        raise HfPxError(f"--output-dir {path} is a file; choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise HfPxError(
-            f"output directory {path} exists and is not empty; "
-            "pass --overwrite to replace it or choose another --output-dir"
-        )
 
 
 def size_on_disk(path: str | Path) -> int:
