@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATASET = "sklearn-digits"
 DEFAULT_EXAMPLES_PER_CLASS = 10
 DEFAULT_NUM_SAMPLES = 100
-DEFAULT_IMAGE_SIZE = 224
+DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -60,6 +60,18 @@ _STREAM_BUFFER = 1000
 
 
 # -- image processors -----------------------------------------------------------------------
+def image_size_of(size: Any) -> tuple[int, int]:
+    """(height, width) from a config's ``image_size``: an int, a pair, a
+    ``{"height", "width"}`` dict, or None for transformers' default."""
+    if size is None:
+        size = DEFAULT_IMAGE_SIZE
+    if isinstance(size, dict):
+        size = (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
+    if isinstance(size, list | tuple):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)
+
+
 def default_image_processor(config: Any = None, *, image_size: int | None = None):
     """The documented default when a model ships no image processor.
 
@@ -76,12 +88,7 @@ def default_image_processor(config: Any = None, *, image_size: int | None = None
     )
 
     size = image_size if image_size is not None else getattr(config, "image_size", None)
-    if size is None:
-        size = DEFAULT_IMAGE_SIZE
-    if isinstance(size, list | tuple):
-        height, width = int(size[0]), int(size[-1])
-    else:
-        height = width = int(size)
+    height, width = image_size_of(size)
     if height < 1 or width < 1:
         raise HfPxError(f"image size must be positive, got {size!r}")
     try:  # transformers >= 5 without torchvision: the PIL backend, without a warning

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calibration import image_size_of
 from ..config import FORMATS, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 README_NAME = "README.md"
 CHART_NAME = "layer_density.png"
 TEMPLATE_NAME = "pruned_model_card.md"
-DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
 
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
 _SOURCE_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
@@ -330,13 +330,7 @@ def _evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
 # -- compute -----------------------------------------------------------------------------
 def _example_shape(model: nn.Module) -> tuple[int, int, int, int]:
     config = getattr(model, "config", None)
-    size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
-    if isinstance(size, dict):
-        size = (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
-    if isinstance(size, list | tuple):
-        height, width = int(size[0]), int(size[-1])
-    else:
-        height = width = int(size)
+    height, width = image_size_of(getattr(config, "image_size", None))
     return 1, int(getattr(config, "num_channels", 3) or 3), height, width
 
 

@@ -18,8 +18,6 @@ from ..checkpoint import check_output_dir, save_pruned
 from . import common, output
 from .resolve import load, model_name, public_name, size_on_disk, source_info
 
-BUILTIN_DATA = "sklearn-digits"
-
 
 def run_finetune(args: argparse.Namespace) -> int:
     with output.stdout_to_stderr(args.json) as stdout:
@@ -95,7 +93,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         calibration={
             **config.calibration,
             "finetune": {
-                "dataset": public_name(args.dataset) or BUILTIN_DATA,
+                "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
                 "split": args.split or "train",
                 "epochs": args.epochs,
                 "lr": args.lr,

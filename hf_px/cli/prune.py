@@ -24,8 +24,6 @@ from .resolve import (
     source_info,
 )
 
-BUILTIN_DATA = "sklearn-digits"  # hf_px.calibration's offline default
-
 
 def run_prune(args: argparse.Namespace) -> int:
     with output.stdout_to_stderr(args.json) as stdout:
@@ -98,7 +96,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         )
         batches = distributed.move_batches(batches, acc.device)
     calib_info = {
-        "dataset": public_name(args.dataset) or BUILTIN_DATA,
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
         "config": args.dataset_config,
         "split": args.split or "train",
         "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
@@ -138,7 +136,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
         evaluation = {
-            "dataset": public_name(eval_ref) or BUILTIN_DATA,
+            "dataset": public_name(eval_ref) or calibration.DEFAULT_DATASET,
             "split": data.split,
             "num_samples": pruned["num_samples"],
             # flat keys: what the model card reads (hf_px.card.write_card)
