@@ -1,8 +1,8 @@
 """The model card of a pruned checkpoint: metadata, body, density chart.
 
 The card is rendered by ``huggingface_hub.ModelCard.from_template`` from the
-Jinja template ``model_cards/pruned_model_card.md`` (shipped as a byte-identical
-copy in ``hf_px/card/templates/``); this module only computes the values the
+Jinja template ``hf_px/card/templates/pruned_model_card.md`` (``model_cards/`` links
+to it); this module only computes the values the
 template shows. Nothing machine-specific reaches the card: local paths are
 reduced to their last component, ``base_model``/``datasets`` only ever hold Hub
 ids, and no token or user name is read.
@@ -38,17 +38,15 @@ CHART_NAME = "layer_density.png"
 TEMPLATE_NAME = "pruned_model_card.md"
 
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
-_SOURCE_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
 
 # NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
 
 
 def template_path() -> Path:
-    """The card template: the packaged copy, else the repo's ``model_cards/`` source."""
-    for path in (_PACKAGED_TEMPLATE, _SOURCE_TEMPLATE):
-        if path.is_file():
-            return path
+    """The card template shipped in the package."""
+    if _PACKAGED_TEMPLATE.is_file():
+        return _PACKAGED_TEMPLATE
     raise HfPxFailure("the model card template is missing from the hf-px install; reinstall hf-px")
 
 
