@@ -16,6 +16,7 @@ the borders), so a kernel that skips zero weights needs ``density × dense``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -41,6 +42,18 @@ _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NA
 
 # NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
+
+
+def load_line(load_id: str) -> str:
+    """The loading snippet's first line: what `from_pretrained` gets (a Hub id, or ".")."""
+    comment = "this repo's id on the Hub, or the folder holding this card"
+    return f"model_id = {json.dumps(load_id)}  # {comment}"
+
+
+def retarget_card(text: str, repo_id: str) -> str | None:
+    """A card written without a Hub id, its snippet now loading `repo_id`; None if it has none."""
+    local = load_line(".")
+    return text.replace(local, load_line(repo_id)) if local in text else None
 
 
 def template_path() -> Path:
@@ -170,6 +183,7 @@ def card_context(
         "chart": CHART_NAME,
         # the snippet must run as written: the Hub id when known, else the folder itself
         "load_id": repo_id or ".",
+        "load_line": load_line(repo_id or "."),
         "storage_format": storage_format,
         "has_image_processor": False,
         "hf_px_version": config.hf_px_version,
