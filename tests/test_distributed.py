@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 from hf_px import HfPxError, compute_scores
 from hf_px import distributed as dist_mod
@@ -29,21 +30,12 @@ from hf_px.distributed import (
 
 WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
 ROOT = WORKER.parents[1]
-sys.path.insert(0, str(WORKER.parent))
-import _dist_worker as worker  # noqa: E402
+import _dist_worker as worker  # noqa: E402  (tests/ is on sys.path, as for conftest)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-        and not k.startswith("ACCELERATE_")
-    }
     # one thread everywhere: the 1-process reference then runs the same kernels
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    return subprocess_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
 
 
 def _free_port() -> int:
