@@ -276,45 +276,40 @@ def _columns(ds) -> list[str]:
     return list(names) if names else list(_features(ds))
 
 
+def _column_of(ds, given: str | None, known: tuple[str, ...], feature: type, what: str):
+    """`given` if the data set has it; else the first of `known` it has; else its one
+    column typed `feature`; else None."""
+    cols = _columns(ds)
+    if given is not None:
+        if given not in cols:
+            raise HfPxError(
+                f"no {what} column {given!r}; the dataset has columns {cols}: "
+                f"pick one with --{what}-column"
+            )
+        return given
+    for name in known:
+        if name in cols:
+            return name
+    typed = [n for n, f in _features(ds).items() if isinstance(f, feature)]
+    return typed[0] if len(typed) == 1 else None
+
+
 def image_column_of(ds, image_column: str | None = None) -> str:
     import datasets
 
-    cols = _columns(ds)
-    if image_column is not None:
-        if image_column not in cols:
-            raise HfPxError(
-                f"no image column {image_column!r}; the dataset has columns {cols}: "
-                "pick one with --image-column"
-            )
-        return image_column
-    for name in IMAGE_COLUMNS:
-        if name in cols:
-            return name
-    typed = [n for n, f in _features(ds).items() if isinstance(f, datasets.Image)]
-    if len(typed) == 1:
-        return typed[0]
-    raise HfPxError(
-        f"no image column (looked for {', '.join(IMAGE_COLUMNS)}) among {cols}; "
-        "name it with --image-column"
-    )
+    found = _column_of(ds, image_column, IMAGE_COLUMNS, datasets.Image, "image")
+    if found is None:
+        raise HfPxError(
+            f"no image column (looked for {', '.join(IMAGE_COLUMNS)}) among {_columns(ds)}; "
+            "name it with --image-column"
+        )
+    return found
 
 
 def label_column_of(ds, label_column: str | None = None) -> str | None:
     import datasets
 
-    cols = _columns(ds)
-    if label_column is not None:
-        if label_column not in cols:
-            raise HfPxError(
-                f"no label column {label_column!r}; the dataset has columns {cols}: "
-                "pick one with --label-column"
-            )
-        return label_column
-    for name in LABEL_COLUMNS:
-        if name in cols:
-            return name
-    typed = [n for n, f in _features(ds).items() if isinstance(f, datasets.ClassLabel)]
-    return typed[0] if len(typed) == 1 else None
+    return _column_of(ds, label_column, LABEL_COLUMNS, datasets.ClassLabel, "label")
 
 
 def dataset_label_names(
