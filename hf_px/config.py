@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,40 +16,148 @@ import torch
 
 from .errors import HfPxError
 
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "pruning_config.json"
 REPORT_NAME = "sparsity_report.json"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def local_files(
+    ref: str | os.PathLike,
+    patterns: list[str],
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A local directory holding `ref`'s files that match `patterns`.
+
+    A directory is used as it is; a Hub model id is fetched through
+    `huggingface_hub` (only the matching files, into the normal cache, so it
+    works offline for a cached repo). Which of the files exist is the caller's
+    to check.
+    """
+    path = Path(os.fspath(ref)).expanduser()
+    if path.is_dir():
+        return path
+    text = os.fspath(ref)
+    if path.exists() or text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
+        raise HfPxError(f"{text} is not a directory or a Hub model id; check the path")
+    from huggingface_hub import errors, snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(text, revision=revision, token=token, allow_patterns=patterns)
+        )
+    except errors.RepositoryNotFoundError:
+        raise HfPxError(
+            f"no model {text!r} on the Hub (or it is private); check the id or set HF_TOKEN"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise HfPxError(f"{text!r} has no revision {revision!r}; check --revision") from None
+    except errors.LocalEntryNotFoundError:
+        raise HfPxError(
+            f"{text!r} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE?); "
+            "download it once online, or pass a local directory"
+        ) from None
+    except (errors.HfHubHTTPError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HfPxError(f"cannot download {text!r} from the Hub ({first}); retry later") from None
+
+
+SCOPES = ("global", "layerwise")
+SCHEDULES = ("exponential",)
+# the collapse guard of hf_px.masks.threshold: no tensor below this x the target density
+DEFAULT_MIN_DENSITY_RATIO = 0.1
+
+
+def check_sparsity(sparsity: Any) -> float:
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise HfPxError(f"sparsity must be a number in (0, 1), got {sparsity!r}") from None
+    if not (0.0 < s < 1.0) or math.isnan(s):
+        hint = f" (did you mean {s / 100:g}?)" if 1.0 < s < 100.0 else ""
+        raise HfPxError(f"sparsity must be a fraction in (0, 1), e.g. 0.9 for 90%; got {s:g}{hint}")
+    return s
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
 
 FORMATS = ("dense", "bitmask")  # how a checkpoint stores its weights (hf_px.checkpoint)
 
 
 @dataclass
 class PruningConfig:
-    """Everything needed to reproduce a pruning run; round-trips to JSON.
+    """Everything needed to reproduce a pruning run; saved beside checkpoints.
 
-    `rounds=None` in the Python API means "the method's published default"
-    (100 for px and synflow, 1 for the one-shot methods); the resolved number
-    is stored here.
+    The defaults are :func:`hf_px.prune`'s: ``prune(model, batches, config=cfg)``
+    with ``cfg = PruningConfig()`` does what ``prune(model, batches)`` does.
+    ``rounds=None`` means the method's published default (100 for px and
+    synflow, 1 for the one-shot methods); a config that comes back from
+    ``prune`` (``result.config``) holds the resolved number. Every field is
+    checked on construction with the same one-line errors as ``prune``.
+    ``save_pretrained`` / ``from_pretrained`` write and read
+    ``pruning_config.json`` (a directory, or a Hub repo for reading).
     """
 
     method: str = "px"
     sparsity: float = 0.9
-    rounds: int = 100
+    rounds: int | None = None
     scope: str = "global"
     schedule: str = "exponential"
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
-    min_density_ratio: float = 0.0
+    min_density_ratio: float = DEFAULT_MIN_DENSITY_RATIO
     method_options: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     model_type: str | None = None
     hf_px_version: str = ""
 
     def __post_init__(self) -> None:
+        from .methods import get_method  # the registry is the list of valid names
+
         if not self.hf_px_version:
             from . import __version__
 
             self.hf_px_version = __version__
-        self.exclude = list(self.exclude)
+        if not isinstance(self.method, str):
+            raise HfPxError(f"method must be a name such as 'px', got {self.method!r}")
+        get_method(self.method)
+        self.sparsity = check_sparsity(self.sparsity)
+        if self.rounds is not None and (not _is_int(self.rounds) or self.rounds < 1):
+            raise HfPxError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if self.scope not in SCOPES:
+            raise HfPxError(f"unknown scope {self.scope!r}; choose 'global' or 'layerwise'")
+        if self.schedule not in SCHEDULES:
+            raise HfPxError(f"unknown schedule {self.schedule!r}; hf-px prunes on 'exponential'")
+        if isinstance(self.exclude, str):
+            self.exclude = [self.exclude]
+        self.exclude = list(self.exclude or [])
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise HfPxError(
+                    f"invalid --exclude regular expression {pattern!r} ({err}); fix the pattern"
+                ) from None
+        if not _is_int(self.seed):
+            raise HfPxError(f"seed must be an integer, got {self.seed!r}")
+        try:
+            ratio = float(self.min_density_ratio)
+        except (TypeError, ValueError):
+            ratio = math.nan
+        if not (0.0 <= ratio <= 1.0):
+            raise HfPxError("min_density_ratio must lie in [0, 1]")
+        self.min_density_ratio = ratio
+        for name in ("method_options", "calibration"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif not isinstance(value, dict):
+                raise HfPxError(f"{name} must be a dict, got {type(value).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,24 +167,74 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
+        """Keys this version does not know (a newer hf-px wrote them) warn and are dropped."""
+        if not isinstance(data, dict):
+            raise HfPxError(f"a pruning config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise HfPxError(f"unknown pruning-config keys {unknown}; upgrade hf-px or remove them")
-        return cls(**data)
+            logger.warning(
+                "ignoring pruning-config keys %s unknown to this hf-px (written by a newer "
+                "version?); upgrade hf-px to use them",
+                unknown,
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_json(cls, text: str) -> PruningConfig:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HfPxError(f"{CONFIG_NAME} is not valid JSON ({err}); re-save it") from None
+        return cls.from_dict(data)
 
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CONFIG_NAME
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``pruning_config.json`` into `save_directory` (created if missing)."""
+        directory = Path(save_directory).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise HfPxError(f"{directory} is a file; save_pretrained takes a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CONFIG_NAME
         path.write_text(self.to_json() + "\n")
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> PruningConfig:
-        return cls.from_json((Path(directory) / CONFIG_NAME).read_text())
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ) -> PruningConfig:
+        """The config saved in a directory or a Hub repo; `kwargs` override its fields."""
+        root = local_files(
+            pretrained_model_name_or_path, [CONFIG_NAME], revision=revision, token=token
+        )
+        path = root / CONFIG_NAME
+        if not path.is_file():
+            raise HfPxError(
+                f"{pretrained_model_name_or_path} has no {CONFIG_NAME}; pass a checkpoint "
+                "written by hf-px (or a directory holding PruningConfig.save_pretrained's file)"
+            )
+        config = cls.from_json(path.read_text())
+        return dataclasses.replace(config, **kwargs) if kwargs else config
+
+    # the original names, kept for existing callers
+    def save(self, directory: str | os.PathLike) -> Path:
+        return self.save_pretrained(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> PruningConfig:
+        return cls.from_pretrained(directory)
+
+    def merged(self, **overrides: Any) -> PruningConfig:
+        """A copy with every override that is not None applied (``method_options``
+        merged key by key), validated; how ``prune``'s keyword arguments meet ``config=``."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "method_options" in given:
+            given["method_options"] = {**self.method_options, **given["method_options"]}
+        return dataclasses.replace(self, **given)
 
 
 @dataclass

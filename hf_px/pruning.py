@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,9 +19,6 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
-
-SCOPES = ("global", "layerwise")
-DEFAULT_MIN_DENSITY_RATIO = 0.1
 
 
 def _denormals_flushed() -> bool:
@@ -64,17 +61,6 @@ def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> li
     if method.needs_labels:
         require_labels(out, method.name)
     return out
-
-
-def _check_sparsity(sparsity: float) -> float:
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise HfPxError(f"sparsity must be a number in (0, 1), got {sparsity!r}") from None
-    if not (0.0 < s < 1.0) or math.isnan(s):
-        hint = f" (did you mean {s / 100:g}?)" if 1.0 < s < 100.0 else ""
-        raise HfPxError(f"sparsity must be a fraction in (0, 1), e.g. 0.9 for 90%; got {s:g}{hint}")
-    return s
 
 
 def _prunable(model: nn.Module, adapter: Adapter, exclude: Iterable[str]) -> dict:
@@ -150,14 +136,15 @@ def compute_scores(
 def prune(
     model: nn.Module,
     batches: Iterable[dict[str, Any]],
-    sparsity: float,
-    method: str = "px",
+    sparsity: float | None = None,
+    method: str | None = None,
     rounds: int | None = None,
-    scope: str = "global",
-    exclude: Iterable[str] = (),
-    seed: int = 0,
+    scope: str | None = None,
+    exclude: Iterable[str] | None = None,
+    seed: int | None = None,
     *,
-    min_density_ratio: float = DEFAULT_MIN_DENSITY_RATIO,
+    config: PruningConfig | None = None,
+    min_density_ratio: float | None = None,
     accelerator: Any = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     **method_options: Any,
@@ -166,21 +153,32 @@ def prune(
 
     Round r of R keeps density (1 − s)^(r/R) of the prunable weights, re-scored
     with the current masks; exactly ``round(s · N)`` weights are pruned at the end.
-    ``rounds=None`` takes the method's published default (px, synflow: 100; the
-    one-shot methods: 1). ``min_density_ratio`` is the collapse guard of
-    :mod:`hf_px.masks.threshold` (0 = reference behaviour).
+    The settings come from `config` (a :class:`PruningConfig`; default
+    ``PruningConfig()``), and every keyword given here that is not None overrides
+    it; the defaults are the config's. ``rounds=None`` takes the method's
+    published default (px, synflow: 100; the one-shot methods: 1).
+    ``min_density_ratio`` is the collapse guard of :mod:`hf_px.masks.threshold`
+    (0 = reference behaviour).
     """
-    s = _check_sparsity(sparsity)
-    m = get_method(method)
-    if scope not in SCOPES:
-        raise HfPxError(f"unknown scope {scope!r}; choose 'global' or 'layerwise'")
-    if rounds is None:
-        rounds = m.default_rounds
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise HfPxError(f"rounds must be a positive integer, got {rounds!r}")
-    if not (0.0 <= float(min_density_ratio) <= 1.0):
-        raise HfPxError("min_density_ratio must lie in [0, 1]")
-    exclude = list(exclude)
+    if config is not None and not isinstance(config, PruningConfig):
+        raise HfPxError(
+            "config must be a PruningConfig, e.g. PruningConfig(sparsity=0.9) or "
+            "PruningConfig.from_pretrained(checkpoint_dir)"
+        )
+    cfg = (config or PruningConfig()).merged(
+        sparsity=sparsity,
+        method=method,
+        rounds=rounds,
+        scope=scope,
+        exclude=None if exclude is None else list(exclude),
+        seed=seed,
+        min_density_ratio=min_density_ratio,
+        method_options=method_options or None,
+    )
+    s, m, scope, seed = cfg.sparsity, get_method(cfg.method), cfg.scope, cfg.seed
+    rounds = cfg.rounds if cfg.rounds is not None else m.default_rounds
+    min_density_ratio, method_options = cfg.min_density_ratio, dict(cfg.method_options)
+    exclude = list(cfg.exclude)
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)
     data = _materialise(batches, m)
@@ -241,16 +239,12 @@ def prune(
             p.mul_(masks[n].to(p.dtype))
             # exactly +0.0 where pruned (θ·0 is −0.0 for negative θ)
             p.masked_fill_(~masks[n], 0.0)
-    config = PruningConfig(
-        method=m.name,
-        sparsity=s,
+    config = dataclasses.replace(
+        cfg,
         rounds=rounds,
-        scope=scope,
-        exclude=exclude,
-        seed=seed,
-        min_density_ratio=float(min_density_ratio),
         method_options={k: v for k, v in method_options.items() if _jsonable(v)},
         model_type=getattr(getattr(model, "config", None), "model_type", None),
+        hf_px_version="",  # this run's version
     )
     return PruningResult(
         masks={n: mk.detach().cpu() for n, mk in masks.items()},

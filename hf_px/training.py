@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .config import PruningResult
 from .errors import HfPxError
 from .masks.check import check_masks
 from .methods.base import cross_entropy, logits_of
@@ -43,12 +44,26 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd")
 
 
+def as_masks(masks: Any) -> dict[str, torch.Tensor]:
+    """A name→mask dict from a dict or a :class:`~hf_px.PruningResult` (``prune``'s,
+    or :func:`hf_px.load_pruning`'s for a saved checkpoint)."""
+    if isinstance(masks, PruningResult):
+        return dict(masks.masks)
+    if not isinstance(masks, Mapping):
+        raise HfPxError(
+            "masks must be a dict {parameter name: bool tensor} or a PruningResult, e.g. "
+            "hf_px.load_pruning(checkpoint_dir)"
+        )
+    return dict(masks)
+
+
 def bind_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple]:
     """``[(parameter, bool mask on its device)]`` for every masked parameter.
 
     Raises :class:`HfPxError` for a name the model lacks or a shape mismatch, so a
     checkpoint's masks cannot silently be applied to another architecture.
     """
+    masks = as_masks(masks)
     params = dict(model.named_parameters())
     fix = "use the masks saved with this model's checkpoint"
     return [(params[n], m) for n, m in check_masks(masks, params, fix=fix).items()]
@@ -93,15 +108,19 @@ def masked_step(
 class MaskedTrainingCallback(TrainerCallback):
     """`transformers.Trainer` callback that keeps `masks` fixed during training.
 
-    ``Trainer(..., callbacks=[MaskedTrainingCallback(result.masks)])``. Masks are
+    ``Trainer(..., callbacks=[MaskedTrainingCallback(result)])`` with `result` from
+    :func:`hf_px.prune` or :func:`hf_px.load_pruning` (or its ``.masks`` dict). Masks are
     applied once at the start of training too, so a model whose pruned weights
     were not yet zeroed starts sparse.
     """
 
-    def __init__(self, masks: Mapping[str, torch.Tensor]) -> None:
-        if not isinstance(masks, Mapping) or not masks:
-            raise HfPxError("MaskedTrainingCallback needs a non-empty {name: bool mask} dict")
-        self.masks = dict(masks)
+    def __init__(self, masks: Mapping[str, torch.Tensor] | PruningResult) -> None:
+        if not isinstance(masks, Mapping | PruningResult) or not as_masks(masks):
+            raise HfPxError(
+                "MaskedTrainingCallback needs a non-empty {name: bool mask} dict or a "
+                "PruningResult (hf_px.load_pruning(checkpoint_dir))"
+            )
+        self.masks = as_masks(masks)
         self._bound: list[tuple] | None = None
         self._model_id: int | None = None
 
@@ -162,7 +181,7 @@ def _pool(batches: list) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def finetune(
     model: nn.Module,
-    masks: Mapping[str, torch.Tensor] | None,
+    masks: Mapping[str, torch.Tensor] | PruningResult | None,
     train_batches: Iterable[dict[str, Any]],
     *,
     epochs: int = 1,
@@ -249,4 +268,176 @@ def finetune(
         "pruned_weights": pruned,
         "pruned_weights_nonzero": pruned - zeros,
         "sparsity": pruned / masked_total if masked_total else 0.0,
+    }
+
+
+# -- fine-tuning with transformers.Trainer ---------------------------------------------------
+def image_transform(
+    image_processor: Any,
+    image_column: str,
+    label_column: str,
+    label_table: torch.Tensor | None = None,
+):
+    """A ``Dataset.with_transform`` function: rows → ``{"pixel_values", "labels"}``.
+
+    Images are decoded when a batch is read (not stored prepared), converted to
+    RGB and prepared by the checkpoint's own image processor, as transformers'
+    image-classification examples do; `label_table` maps data-set ids to the
+    model's (by class name, :func:`hf_px.evaluation.label_mapping`).
+    """
+    from .calibration.data import _decode
+
+    def transform(batch: dict[str, list]) -> dict[str, torch.Tensor]:
+        images = [_decode(v, f"an image of column {image_column!r}") for v in batch[image_column]]
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        labels = torch.as_tensor(batch[label_column], dtype=torch.long)
+        if label_table is not None:
+            labels = label_table[labels]
+        return {"pixel_values": torch.as_tensor(pixel_values).float(), "labels": labels}
+
+    return transform
+
+
+def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "labels": torch.stack([torch.as_tensor(r["labels"]) for r in rows]),
+    }
+
+
+def _accuracy(eval_pred: Any) -> dict[str, float]:
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
+def trainer_finetune(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | PruningResult,
+    train_dataset: Any,
+    *,
+    eval_dataset: Any = None,
+    epochs: int = 1,
+    learning_rate: float = 1e-4,
+    batch_size: int = 32,
+    gradient_accumulation_steps: int = 1,
+    weight_decay: float = 0.0,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    bf16: bool = False,
+    seed: int = 0,
+    max_grad_norm: float = 1.0,
+    work_dir: str | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune with `transformers.Trainer` and :class:`MaskedTrainingCallback`.
+
+    `train_dataset` / `eval_dataset`: `datasets.Dataset` objects whose rows give
+    ``pixel_values`` and ``labels`` (e.g. through ``with_transform(image_transform(...))``).
+    Cosine learning-rate decay, gradients clipped to `max_grad_norm`, ``optimizer``
+    ``"adamw"`` (decoupled weight decay) or ``"sgd"`` (with `momentum`). Runs under
+    ``torchrun``/``accelerate launch`` as data parallelism (Trainer's own). Trainer
+    writes nothing worth keeping (``save_strategy="no"``) into `work_dir` (a
+    temporary folder by default, removed afterwards). Returns ``{"trainer",
+    "epoch_losses", "first_loss", "final_loss", "steps", "eval_before", "eval_after",
+    "pruned_weights_nonzero", "train_s", "num_processes"}``; ``eval_*`` are None without
+    `eval_dataset`, else ``{"accuracy", "loss", "num_samples"}``.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    if optimizer not in OPTIMIZERS:
+        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HfPxError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+        raise HfPxError("gradient_accumulation_steps must be a positive integer")
+    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
+        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+    masks = as_masks(masks)
+    own_dir = work_dir is None
+    work = work_dir or tempfile.mkdtemp(prefix="hf-px-trainer-")
+    try:
+        try:
+            args = TrainingArguments(
+                output_dir=work,
+                num_train_epochs=epochs,
+                learning_rate=float(learning_rate),
+                per_device_train_batch_size=batch_size,
+                per_device_eval_batch_size=batch_size,
+                gradient_accumulation_steps=gradient_accumulation_steps,
+                weight_decay=float(weight_decay),
+                optim="adamw_torch" if optimizer == "adamw" else "sgd",
+                optim_args=None if optimizer == "adamw" else f"momentum={momentum}",
+                lr_scheduler_type="cosine",
+                max_grad_norm=max_grad_norm,
+                bf16=bf16,
+                use_cpu=not torch.cuda.is_available(),
+                seed=seed,
+                data_seed=seed,
+                logging_strategy="epoch",
+                eval_strategy="no",
+                save_strategy="no",
+                report_to=[],
+                remove_unused_columns=False,
+                dataloader_num_workers=0,
+                disable_tqdm=quiet,
+                ddp_find_unused_parameters=False,
+            )
+        except (ValueError, ImportError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise HfPxError(f"invalid training settings ({first}); drop --bf16 or fix it") from None
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collate,
+            compute_metrics=_accuracy,
+            callbacks=[MaskedTrainingCallback(masks)],
+        )
+        if quiet:  # Trainer prints every log dict without a progress bar
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+        before = _evaluate(trainer, eval_dataset)
+        t0 = time.perf_counter()
+        out = trainer.train()
+        train_s = time.perf_counter() - t0
+        after = _evaluate(trainer, eval_dataset)
+    finally:
+        if own_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    model.eval()
+    bound = bind_masks(model, masks)
+    nonzero = sum(int((p.detach()[~m] != 0).sum()) for p, m in bound)
+    return {
+        "trainer": trainer,
+        "epoch_losses": losses,
+        "first_loss": losses[0] if losses else out.training_loss,
+        "final_loss": losses[-1] if losses else out.training_loss,
+        "steps": int(out.global_step),
+        "eval_before": before,
+        "eval_after": after,
+        "pruned_weights_nonzero": nonzero,
+        "train_s": train_s,
+        "num_processes": int(args.world_size),
+    }
+
+
+def _evaluate(trainer: Any, dataset: Any) -> dict[str, Any] | None:
+    if dataset is None:
+        return None
+    metrics = trainer.evaluate()
+    return {
+        "accuracy": float(metrics["eval_accuracy"]),
+        "loss": float(metrics["eval_loss"]),
+        "num_samples": len(dataset),
     }

@@ -24,9 +24,9 @@ best of ``--repeats``. Prints one JSON object:
   full recompute with 2 threads (round-off only).
 * ``full_size`` (``--full-size``) — the same cost figures on full-size configs
   (ResNet-50, ViT-base, ConvNeXt-tiny, random init, random images at
-  ``--image-size``): the default prune runs all its rounds; the full recompute's
-  100 rounds are extrapolated from its first ``--every-rounds`` rounds (each one
-  a full round).
+  ``--image-size``), extrapolated: CPU seconds of a refreshed and of a reused
+  round from the default prune's first ``--every-rounds`` rounds, of a full
+  round from the full recompute's first 2, times the schedule's counts.
 * ``quality`` (``--quality``) — bench_quality's at-init recipe (digits, prune at
   init, train with masks fixed, top-1 on the test split) with 100-round PX,
   default ``refresh`` vs ``"every"``, per family × sparsity × seed.
@@ -280,7 +280,22 @@ class _Stop(Exception):
     pass
 
 
-def full_size_row(name, image_size, n_images, batch_size, rounds, every_rounds, refresh):
+def _refreshes(sparsity, rounds, refresh) -> int:
+    """Data-side computations of a `rounds`-round prune under `refresh` (schedule only)."""
+    from hf_px.masks.schedule import densities
+
+    f = float(refresh)
+    last, n = None, 0
+    for d in [1.0, *densities(sparsity, rounds)[:-1]]:  # density of the masks scored
+        if last is None or d <= (1 - f) * last:
+            n, last = n + 1, d
+    return n
+
+
+def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, refresh):
+    """Per-round CPU seconds of the default prune's first `stop_after` rounds (refreshed
+    and reused rounds apart) and of the full recompute's first 2 rounds, extrapolated
+    to `rounds` rounds with the schedule's refresh count."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from _bench_models import batches
     from _bench_models import build as build_full
@@ -288,20 +303,32 @@ def full_size_row(name, image_size, n_images, batch_size, rounds, every_rounds, 
     model = build_full(name, image_size)
     data = batches(max(1, n_images // batch_size), batch_size, image_size)
     snip = _snip_s(model, data, 1)
-    fast, t_fast = _timed_prune(model, data, 0.9, rounds, refresh=refresh)
-    per_round = []
 
-    def stop(info):
-        per_round.append(time.process_time())
-        if info["round"] >= every_rounds:
-            raise _Stop
+    def first_rounds(n, **opts):
+        ticks, kinds = [time.process_time()], []
 
-    t0 = time.process_time()
-    try:
-        prune(copy.deepcopy(model), data, 0.9, "px", rounds=rounds, refresh="every", callback=stop)
-    except _Stop:
-        pass
-    t_round = (per_round[-1] - t0) / len(per_round)
+        def stop(info):
+            ticks.append(time.process_time())
+            kinds.append(bool(info.get("data_refreshed")))
+            if info["round"] >= n:
+                raise _Stop
+
+        try:
+            prune(copy.deepcopy(model), data, 0.9, "px", rounds=rounds, callback=stop, **opts)
+        except _Stop:
+            pass
+        dts = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        ref = [t for t, k in zip(dts, kinds, strict=True) if k]
+        reused = [t for t, k in zip(dts, kinds, strict=True) if not k]
+        return ref, reused
+
+    ref, reused = first_rounds(stop_after, refresh=refresh)
+    every, _ = first_rounds(2, refresh="every")
+    n_ref = _refreshes(0.9, rounds, refresh)
+    t_ref = sum(ref) / len(ref)
+    t_reused = sum(reused) / max(1, len(reused))
+    t_every = sum(every) / len(every)
+    default_total = n_ref * t_ref + (rounds - n_ref) * t_reused
     row = {
         "model": name,
         "image_size": image_size,
@@ -309,12 +336,14 @@ def full_size_row(name, image_size, n_images, batch_size, rounds, every_rounds, 
         "rounds": rounds,
         "refresh": refresh,
         "snip_cpu_s": round(snip, 3),
-        "default_cpu_s": round(t_fast, 2),
-        "default_snip_passes": round(t_fast / snip, 1),
-        "every_cpu_s_per_round": round(t_round, 3),
-        "every_snip_passes_extrapolated": round(t_round * rounds / snip, 1),
-        "data_refreshes": sum(1 for h in fast.history if h.get("data_refreshed")),
-        "default_phases": _phases(fast),
+        "measured_rounds": {"refreshed": len(ref), "reused": len(reused), "every": len(every)},
+        "refreshed_round_cpu_s": round(t_ref, 3),
+        "reused_round_cpu_s": round(t_reused, 3),
+        "every_round_cpu_s": round(t_every, 3),
+        "data_refreshes": n_ref,
+        "default_snip_passes_extrapolated": round(default_total / snip, 1),
+        "every_snip_passes_extrapolated": round(t_every * rounds / snip, 1),
+        "reused_round_in_snip_passes": round(t_reused / snip, 3),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
@@ -335,7 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--full-size", nargs="*", default=None, metavar="MODEL")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--images", type=int, default=32)
-    p.add_argument("--every-rounds", type=int, default=3)
+    p.add_argument("--every-rounds", type=int, default=18)
     p.add_argument("--quality", action="store_true")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a = p.parse_args(argv)

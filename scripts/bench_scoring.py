@@ -6,6 +6,11 @@ configs, CPU. Each (model, method) runs in its own process so peak RSS is its ow
 
 Prints one JSON object. `extra_rss_mb` = peak RSS minus RSS after building the
 model and data; the px/snip ratios compare the same run.
+
+``--prune-rounds R`` measures a whole `prune` to 90% instead of scoring calls:
+every method with its own rounds (snip: 1, synflow/px: R), px with its default
+options; ``s_per_batch`` is then the prune's seconds per batch, ``rounds`` and
+``timings`` (the prune's phases) are added.
 """
 
 from __future__ import annotations
@@ -29,18 +34,30 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def child(model_name, method, image_size, batch_size, n_batches, repeats, options):
+def child(model_name, method, image_size, batch_size, n_batches, repeats, options, rounds=0):
     import torch
 
     sys.path.insert(0, HERE)
     from _bench_models import batches, build
 
-    from hf_px import compute_scores
+    from hf_px import compute_scores, prune
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model = build(model_name, image_size)
     data = batches(n_batches, batch_size, image_size)
     base = _rss_mb()
+    if rounds:
+        r = rounds if method in ("px", "synflow") else 1
+        t0 = time.perf_counter()
+        result = prune(model, data, 0.9, method, rounds=r, **options)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "s_per_batch": (time.perf_counter() - t0) / n_batches,
+            "rounds": r,
+            "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "peak_rss_mb": peak,
+            "extra_rss_mb": peak - base,
+        }
     compute_scores(model, data[:1], method=method, **options)  # warm-up
     times = []
     for _ in range(repeats):
@@ -59,6 +76,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--batches", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--prune-rounds", type=int, default=0, metavar="R")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -71,6 +89,7 @@ def main() -> None:
             args.batches,
             args.repeats,
             json.loads(opts),
+            args.prune_rounds,
         )
         print(json.dumps(res))
         return
@@ -79,11 +98,14 @@ def main() -> None:
         variants = [(m, {}) for m in args.methods]
         if name.startswith("resnet") and "px" in args.methods:
             variants.append(("px", {"bn": "rms"}))
+        if args.prune_rounds and "px" in args.methods:
+            variants.append(("px", {"refresh": "every"}))  # the full recompute
         out = {}
         for method, opts in variants:
             cmd = [sys.executable, __file__, "--child", name, method, json.dumps(opts)]
             cmd += ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
             cmd += ["--batches", str(args.batches), "--repeats", str(args.repeats)]
+            cmd += ["--prune-rounds", str(args.prune_rounds)]
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             key = method + (
                 "" if not opts else "[" + ",".join(f"{k}={v}" for k, v in opts.items()) + "]"
@@ -110,6 +132,7 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "batches": args.batches,
                 "threads": int(os.environ.get("BENCH_THREADS", "2")),
+                "prune_rounds": args.prune_rounds,
                 "cpu_count": os.cpu_count(),
                 "runs": runs,
             },

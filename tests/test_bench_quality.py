@@ -75,6 +75,24 @@ def test_cache_keys_runs_by_recipe(tmp_path):
     assert kept == [row]
 
 
+def test_density_table_lists_every_tensor_and_method():
+    bq = _module()
+    out = {
+        "data": "fashion-mnist",
+        "family": "resnet",
+        "sparsity": 0.98,
+        "protocol": "init",
+        "tensors": {
+            "resnet.embedder.weight": {"numel": 10, "snip": 0.5, "px[bn=eval]": 0.25},
+            "classifier.1.weight": {"numel": 4, "snip": 0.125},
+        },
+    }
+    table = bq.density_table(out).splitlines()
+    assert table[2] == "| tensor (numel) | snip | px[bn=eval] |"
+    assert table[4] == "| embedder (10) | 50 | 25 |"
+    assert table[5] == "| classifier.1 (4) | 12 | – |"
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_quick_mode_json_and_docs(tmp_path):

@@ -24,6 +24,7 @@ from hf_px.distributed import (
     check_not_offloaded,
     check_same_weights,
     check_world_size,
+    digits_dataset,
     make_accelerator,
     make_reducer,
 )
@@ -277,8 +278,10 @@ def test_cli_prune_under_torchrun_and_accelerate_launch(tmp_path):
     model_dir = tmp_path / "model"
     worker.tiny_vit(num_labels=10).save_pretrained(model_dir)
     env = _env(tmp_path)
+    data = tmp_path / "digits"
+    digits_dataset().save_to_disk(str(data))  # px needs --dataset for a non-shipped model
     args = ["-m", "hf_px", "prune", str(model_dir), "--sparsity", "0.5", "--rounds", "3"]
-    args += ["--num-samples", "21", "--batch-size", "4", "--quiet"]
+    args += ["--dataset", str(data), "--num-samples", "21", "--batch-size", "4", "--quiet"]
     accel = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     accel += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     accel += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]

@@ -1,4 +1,4 @@
-"""PX on an HF ResNet equals the reference semantics (PX_METHOD.md §2), tensor by tensor.
+"""PX on an HF ResNet equals the reference semantics (docs/method.md §2), tensor by tensor.
 
 The reference here is re-implemented the way the official code works — three
 deep copies of the model, parameters overwritten in place, ReLUs swapped for

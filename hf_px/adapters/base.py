@@ -204,6 +204,26 @@ class Adapter:
         """Softmax attentions whose probabilities PX reads as token-mixing gates."""
         return find_attention(model)
 
+    def cuts(self, model: nn.Module) -> list[nn.Module]:
+        """Modules whose output every input→output path crosses (PX rescales there).
+
+        Default: the outermost ``*Layer`` modules held in a ModuleList/Sequential —
+        the blocks on a transformers model's residual stream (ViTLayer,
+        ResNetBottleNeckLayer, ConvNextLayer, ...), applied one after the other.
+        Override for a family whose block list is not applied sequentially.
+        """
+        out: list[nn.Module] = []
+        inside: set[int] = set()
+        for module in model.modules():
+            if id(module) in inside:
+                continue
+            if isinstance(module, nn.ModuleList | nn.Sequential):
+                for child in module.children():
+                    if type(child).__name__.endswith("Layer"):
+                        out.append(child)
+                        inside.update(id(m) for m in child.modules())
+        return out
+
     def norm_parameter_names(self, model: nn.Module) -> set[str]:
         names: set[str] = set()
         for norm in self.norms(model):

@@ -79,8 +79,10 @@ def write_card(
     `source`: ``{"model_id": Hub id or None, "local_path": path or None,
     "license": optional}``. `calibration`: ``{"dataset": Hub id or name,
     "num_samples": int, "split": ...}`` (defaults to ``result.config.calibration``).
-    `evaluation`: ``{"dataset", "split", "accuracy_before", "accuracy_after",
-    "loss_before", "loss_after", "num_samples"}``; it adds a ``model-index``. `repo_id`, when the
+    `evaluation`: ``{"dataset", "split", "num_samples"}`` and the accuracy/loss of
+    the stages measured — ``accuracy_before``/``accuracy_after`` (dense, pruned:
+    `hf-px prune --eval`) or ``accuracy_dense``/``accuracy_pruned``/``accuracy_finetuned``
+    (`hf-px finetune`), same for ``loss_*``; it adds a ``model-index`` with the latest. `repo_id`, when the
     caller knows where the folder will be pushed, goes into the loading snippet.
     Returns the card's path.
     """
@@ -92,6 +94,7 @@ def write_card(
         raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    processor_file = out / "preprocessor_config.json"
     context = card_context(
         model,
         result,
@@ -100,8 +103,9 @@ def write_card(
         evaluation=evaluation,
         storage_format=format,
         repo_id=repo_id,
+        processor=read_json_dict(processor_file) if processor_file.is_file() else None,
     )
-    context["has_image_processor"] = (out / "preprocessor_config.json").is_file()
+    context["has_image_processor"] = processor_file.is_file()
     _write_atomic(out / CHART_NAME, lambda tmp: _plot_density(context["rows"], context, tmp))
     card = ModelCard.from_template(
         card_metadata(context), template_path=str(template_path()), **context
@@ -122,14 +126,17 @@ def card_context(
     evaluation: dict[str, Any] | None,
     storage_format: str,
     repo_id: str | None = None,
+    processor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the template shows, as plain JSON-able values."""
+    """Everything the template shows, as plain JSON-able values. `processor`: the
+    saved ``preprocessor_config.json`` (sets the input size MACs are counted at)."""
     config = result.config
     model_config = getattr(model, "config", None)
     family = getattr(model_config, "model_type", None) or config.model_type or "custom"
     base_model = resolve_base_model(source, model)
     masks = result.masks
-    macs = count_macs(model, masks)
+    example_shape = _example_shape(model, processor)
+    macs = count_macs(model, masks, example_shape)
     rows = []
     for name, mask in masks.items():
         kept = int(mask.sum())
@@ -177,7 +184,8 @@ def card_context(
         },
         "rows": rows,
         "macs": {"dense": macs["dense"], "remaining": macs["remaining"]} if macs else None,
-        "example_shape": list(_example_shape(model)),
+        "example_shape": list(example_shape),
+        "finetune": _finetune_view(config.calibration.get("finetune")),
         "calibration": _calibration_view(calibration or {}),
         "evaluation": _evaluation_view(evaluation) if evaluation else None,
         "chart": CHART_NAME,
@@ -201,8 +209,8 @@ def card_metadata(context: dict[str, Any]):
     evaluation = context["evaluation"]
     if evaluation:
         dataset_type = evaluation["hub_id"] or evaluation["dataset"]
-        metrics = [("accuracy", "Top-1 accuracy", evaluation["accuracy_after"])]
-        metrics.append(("loss", "Cross-entropy loss", evaluation["loss_after"]))
+        metrics = [("accuracy", "Top-1 accuracy", evaluation["accuracy_latest"])]
+        metrics.append(("loss", "Cross-entropy loss", evaluation["loss_latest"]))
         eval_results = [
             EvalResult(
                 task_type="image-classification",
@@ -305,6 +313,14 @@ def _display_name(value: Any) -> str | None:
     return text
 
 
+def _finetune_view(recipe: Any) -> dict[str, Any] | None:
+    if not isinstance(recipe, dict):
+        return None
+    view = dict(recipe)
+    view["dataset"] = _display_name(recipe.get("dataset")) or "user-supplied data"
+    return view
+
+
 def _calibration_view(calibration: dict[str, Any]) -> dict[str, Any]:
     dataset = calibration.get("dataset")
     hub_id = calibration.get("hub_id") or (dataset if looks_like_hub_id(dataset) else None)
@@ -320,34 +336,91 @@ def _calibration_view(calibration: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy/loss at three stages: dense (before pruning), pruned, fine-tuned.
+
+    `hf-px prune --eval` gives ``*_before`` (dense) and ``*_after`` (pruned);
+    `hf-px finetune` gives ``*_dense`` (when known), ``*_pruned`` and ``*_finetuned``.
+    """
     dataset = evaluation.get("dataset")
     hub_id = dataset if looks_like_hub_id(dataset) else None
 
-    def number(key: str) -> float | None:
-        value = evaluation.get(key)
-        return None if value is None else float(value)
+    def number(*keys: str) -> float | None:
+        for key in keys:
+            if evaluation.get(key) is not None:
+                return float(evaluation[key])
+        return None
 
+    stages = {
+        "dense": (number("accuracy_dense", "accuracy_before"), number("loss_dense", "loss_before")),
+        "pruned": (
+            number("accuracy_pruned", "accuracy_after"),
+            number("loss_pruned", "loss_after"),
+        ),
+        "finetuned": (number("accuracy_finetuned"), number("loss_finetuned")),
+    }
+    shown = [k for k, (acc, _) in stages.items() if acc is not None]
+    latest = shown[-1] if shown else "pruned"
     return {
         "dataset": _display_name(dataset) or "evaluation set",
         "hub_id": hub_id,
         "split": evaluation.get("split"),
         "num_samples": evaluation.get("num_samples"),
-        "accuracy_before": number("accuracy_before"),
-        "accuracy_after": number("accuracy_after"),
-        "loss_before": number("loss_before"),
-        "loss_after": number("loss_after"),
+        "stages": [
+            {"label": _STAGE_LABELS[k], "accuracy": stages[k][0], "loss": stages[k][1]}
+            for k in ("dense", "pruned", "finetuned")
+            if k != "finetuned" or stages[k][0] is not None
+        ],
+        "accuracy_latest": stages[latest][0],
+        "loss_latest": stages[latest][1],
     }
 
 
+_STAGE_LABELS = {
+    "dense": "Before pruning",
+    "pruned": "After pruning",
+    "finetuned": "After fine-tuning",
+}
+
+
 # -- compute -----------------------------------------------------------------------------
-def _example_shape(model: nn.Module) -> tuple[int, int, int, int]:
+def _example_shape(
+    model: nn.Module, processor: dict[str, Any] | None = None
+) -> tuple[int, int, int, int]:
+    """1 × C × H × W: H, W what the image processor produces (its crop when it center-crops,
+    else its resize target), else the config's ``image_size``, else 224."""
     config = getattr(model, "config", None)
-    height, width = image_size_of(getattr(config, "image_size", None))
+    size = processor_image_size(processor) if processor else None
+    if size is None:
+        size = getattr(config, "image_size", None)
+    height, width = image_size_of(size)
     return 1, int(getattr(config, "num_channels", 3) or 3), height, width
 
 
-def count_macs(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-    """Dense and remaining MACs of Conv2d/Linear layers for one image (see module doc)."""
+def processor_image_size(processor: dict[str, Any]) -> tuple[int, int] | None:
+    """(H, W) of the images a saved image processor (``preprocessor_config.json``) makes."""
+
+    def hw(value: Any) -> tuple[int, int] | None:
+        if isinstance(value, int | float):
+            return int(value), int(value)
+        if isinstance(value, dict):
+            if "height" in value and "width" in value:
+                return int(value["height"]), int(value["width"])
+            if "shortest_edge" in value:  # a square crop of the short side (ConvNeXt, CLIP)
+                return int(value["shortest_edge"]), int(value["shortest_edge"])
+        return None
+
+    if processor.get("do_center_crop") and hw(processor.get("crop_size")):
+        return hw(processor.get("crop_size"))
+    return hw(processor.get("size"))
+
+
+def count_macs(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    shape: tuple[int, int, int, int] | None = None,
+) -> dict[str, Any] | None:
+    """Dense and remaining MACs of Conv2d/Linear layers for one image of `shape`
+    (default: :func:`_example_shape`, the model's own input size; see module doc)."""
     per_layer: dict[str, int] = {}
     handles = []
 
@@ -370,7 +443,7 @@ def count_macs(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, An
     if not handles:
         return None
     first = next(model.parameters())
-    x = torch.zeros(_example_shape(model), dtype=first.dtype, device=first.device)
+    x = torch.zeros(shape or _example_shape(model), dtype=first.dtype, device=first.device)
     was_training = model.training
     model.eval()
     try:

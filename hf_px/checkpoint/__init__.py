@@ -9,7 +9,16 @@
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
 from .save import FORMATS, check_output_dir, load_model, save_pruned
+from .state import MASKS_NAME, load_pruning
 
 _install()
 
-__all__ = ["FORMATS", "check_output_dir", "inspect_checkpoint", "load_model", "save_pruned"]
+__all__ = [
+    "FORMATS",
+    "MASKS_NAME",
+    "check_output_dir",
+    "inspect_checkpoint",
+    "load_model",
+    "load_pruning",
+    "save_pruned",
+]

@@ -6,6 +6,7 @@ Layout written (a standard Hugging Face model directory)::
     model.safetensors            or model-0000k-of-0000n.safetensors + index
     preprocessor_config.json     when an image processor is given
     pruning_config.json          PruningConfig (reproduces the run)
+    pruning_masks.safetensors    the masks, position-coded (:mod:`.state`; load_pruning)
     sparsity_report.json         PruningResult.report()
     README.md (+ card assets)    hf_px.card.write_card, when that module exists
 
@@ -49,6 +50,7 @@ from ..masks.check import check_masks
 from ..utils import SAFE_INDEX_NAME, not_found_hint, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
+from .state import write_masks
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +110,19 @@ def save_pruned(
             image_processor.save_pretrained(tmp)
         try:
             result.config.save(tmp)
-            report = json.dumps(result.report(), indent=2, sort_keys=True)
+            record = result.report()
+            if evaluation:  # the figures a later fine-tune compares with
+                record["evaluation"] = {
+                    k: v for k, v in evaluation.items() if isinstance(v, str | int | float)
+                }
+            report = json.dumps(record, indent=2, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise HfPxError(
                 f"the pruning config is not JSON-serialisable ({e}); keep method options and "
                 "calibration info to strings and numbers"
             ) from None
         (tmp / REPORT_NAME).write_text(report + "\n")
+        write_masks(tmp, result.masks)
         if card:
             write_card(
                 tmp,

@@ -1,20 +1,29 @@
-"""``hf-px finetune DIR``: train a pruned checkpoint with its masks fixed, save it.
+"""``hf-px finetune DIR --dataset D``: train a pruned checkpoint with its masks fixed, save it.
 
-The masks are the checkpoint's own zeros: every prunable weight (the adapter's
-Conv/Linear weights minus the ``exclude`` of its ``pruning_config.json``) that
-is exactly 0.0 stays 0.0 (:mod:`hf_px.training`). Single process.
+`transformers.Trainer` does the training, with :class:`~hf_px.training.MaskedTrainingCallback`
+holding every pruned weight at exactly 0.0; the data set is read through `datasets`
+and prepared by the checkpoint's own image processor on the fly
+(``Dataset.with_transform``). The masks are the checkpoint's saved ones
+(``pruning_masks.safetensors``, :func:`hf_px.load_pruning`); a checkpoint from an
+older hf-px without them falls back to its zeros, with a warning. Under
+``torchrun``/``accelerate launch`` Trainer runs data parallel and only the main
+process writes, pushes and prints. The card is written again with the recipe and
+the accuracy before pruning (when the pruned checkpoint recorded it on the same
+evaluation data), after pruning and after fine-tuning.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import calibration
 from ..checkpoint import check_output_dir, save_pruned
+from ..hub import push_to_hub
 from . import common, output
 from .resolve import load, model_name, public_name, size_on_disk, source_info
 
@@ -22,32 +31,84 @@ from .resolve import load, model_name, public_name, size_on_disk, source_info
 def run_finetune(args: argparse.Namespace) -> int:
     with output.stdout_to_stderr(args.json) as stdout:
         summary = _finetune(args)
+        if summary is None:  # not the main process
+            return 0
         if args.json:
             output.emit_json(summary, stdout)
         else:
-            output.say(
-                f"fine-tuned {summary['model']} for {summary['epochs']} epoch(s) "
-                f"({summary['steps']} steps): loss {summary['first_loss']:.3f} -> "
-                f"{summary['final_loss']:.3f}; sparsity {output.pct(summary['sparsity'])} kept"
-            )
-            output.say(f"  wrote {summary['output_dir']} ({summary['format']})")
+            _print_summary(summary)
     return 0
 
 
-def _masks_of(model: Any, config: Any) -> dict:
-    from ..adapters import get_adapter
+def _print_summary(s: dict[str, Any]) -> None:
+    pct = output.pct
+    losses = s["epoch_losses"]
+    output.say(
+        f"fine-tuned {s['model']} for {s['epochs']} epoch(s) ({s['steps']} steps, "
+        f"{s['num_processes']} process(es), {s['train_s']:.1f} s): training loss "
+        f"{losses[0]:.3f} -> {losses[-1]:.3f}; sparsity {pct(s['sparsity'])}, every pruned "
+        "weight still 0"
+    )
+    ev = s.get("evaluation")
+    if ev:
+        dense = ev.get("accuracy_dense")
+        output.say(
+            f"  top-1 on {ev['dataset']} [{ev['split']}], {ev['num_samples']} images: "
+            + (f"dense {pct(dense)} -> " if dense is not None else "")
+            + f"pruned {pct(ev['accuracy_pruned'])} -> fine-tuned {pct(ev['accuracy_finetuned'])}"
+        )
+    output.say(
+        f"  wrote {s['output_dir']} ({s['format']}, {output.human_size(s['size_on_disk_bytes'])})"
+    )
+    if s.get("pushed_to"):
+        output.say(f"  pushed: {s['pushed_to']}")
 
-    params = get_adapter(model).prunable_parameters(model, config.exclude)
-    return {n: p.detach() != 0 for n, p in params.items()}
 
-
-def _finetune(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from ..config import CONFIG_NAME, PruningConfig, PruningResult
+def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
+             processor: Any, num_samples: int | None):  # fmt: skip
+    """(a `datasets.Dataset` giving pixel_values/labels, its class names)."""
     from ..errors import HfPxError
     from ..evaluation import label_mapping
-    from ..training import finetune
+    from ..training import image_transform
+
+    ds = calibration.open_dataset(
+        ref, dataset_config=args.dataset_config, split=split, streaming=False
+    )
+    image_col = calibration.data.image_column_of(ds, args.image_column)
+    label_col = calibration.data.label_column_of(ds, args.label_column)
+    if label_col is None:
+        name = public_name(ref) or calibration.DEFAULT_DATASET
+        raise HfPxError(
+            f"fine-tuning needs labels but dataset {name} has no "
+            "label column; name it with --label-column"
+        )
+    if num_samples is not None:
+        if len(ds) < num_samples:
+            raise HfPxError(
+                f"the dataset has only {len(ds)} images, fewer than --num-samples {num_samples}"
+            )
+        ds = ds.shuffle(seed=args.seed).select(range(num_samples))
+    names = calibration.dataset_label_names(
+        ref, dataset_config=args.dataset_config, split=split, label_column=label_col,
+        streaming=False,
+    )  # fmt: skip
+    table = label_mapping(model, names)
+    labels = ds[label_col]
+    if any(not isinstance(y, int) or y < 0 for y in labels):
+        raise HfPxError(
+            f"label column {label_col!r} has missing or negative labels; use a labelled split"
+        )
+    ds = calibration.data._cast_undecoded(ds, image_col).select_columns([image_col, label_col])
+    return ds.with_transform(image_transform(processor, image_col, label_col, table))
+
+
+def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
+    import torch
+
+    from ..checkpoint import load_pruning
+    from ..config import CONFIG_NAME, REPORT_NAME
+    from ..errors import HfPxError
+    from ..training import trainer_finetune
 
     t0 = time.perf_counter()
     src = Path(args.model).expanduser()
@@ -55,55 +116,94 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         raise HfPxError(
             f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune`"
         )
+    common.error_if(
+        bool(args.eval_split) and not args.eval_dataset and not args.dataset,
+        "--eval-split needs the data set to take it from; add --eval-dataset or --dataset",
+    )
+    common.error_if(
+        args.private and not args.push_to_hub,
+        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
+    )
     out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
     check_output_dir(out_dir, args.overwrite)
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
-    config = PruningConfig.load(src)
-    masks = _masks_of(model, config)
+    saved = load_pruning(src, model=model)
     data_proc = common.data_processor(model, processor)
-    kw: dict[str, Any] = {"dataset_config": args.dataset_config, "label_column": args.label_column}
-    batches = calibration.load_labelled_batches(
-        args.dataset,
-        image_processor=data_proc,
-        split=args.split or "train",
-        image_column=args.image_column,
-        batch_size=args.batch_size,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        **kw,
-    )
-    names = calibration.dataset_label_names(args.dataset, split=args.split or "train", **kw)
-    table = label_mapping(model, names)
-    if table is not None:  # data-set ids → the model's ids, by class name
-        batches = [{**b, "labels": table[b["labels"].long()]} for b in batches]
+    split = args.split or "train"
+    train = _dataset(args.dataset, split, args, model, data_proc, args.num_samples)
+    eval_ref = args.eval_dataset or (args.dataset if args.eval_split else None)
+    evaluation_set = None
+    if eval_ref is not None:
+        eval_split = args.eval_split or "train"
+        evaluation_set = _dataset(eval_ref, eval_split, args, model, data_proc, None)
     with torch.enable_grad():
-        stats = finetune(
+        stats = trainer_finetune(
             model,
-            masks,
-            batches,
+            saved,
+            train,
+            eval_dataset=evaluation_set,
             epochs=args.epochs,
-            lr=args.lr,
-            optimizer=args.optimizer,
+            learning_rate=args.learning_rate,
+            batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
             weight_decay=args.weight_decay,
+            optimizer=args.optimizer,
+            bf16=args.bf16,
             seed=args.seed,
+            quiet=args.quiet,
         )
+    trainer = stats.pop("trainer")
+    if stats["pruned_weights_nonzero"]:
+        from ..errors import HfPxFailure
+
+        raise HfPxFailure(
+            f"{stats['pruned_weights_nonzero']} pruned weights became non-zero during training; "
+            "nothing was written — report this with the command line"
+        )
+    recipe = {
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        "split": split,
+        "num_samples": len(train),
+        "epochs": args.epochs,
+        "steps": stats["steps"],
+        "learning_rate": args.learning_rate,
+        "schedule": "cosine",
+        "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": stats["num_processes"],
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "bf16": bool(args.bf16),
+        "seed": args.seed,
+        "trainer": "transformers.Trainer",
+    }
     config = dataclasses.replace(
-        config,
-        calibration={
-            **config.calibration,
-            "finetune": {
-                "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
-                "split": args.split or "train",
-                "epochs": args.epochs,
-                "lr": args.lr,
-                "optimizer": args.optimizer,
-                "weight_decay": args.weight_decay,
-                "seed": args.seed,
-            },
-        },
+        saved.config, calibration={**saved.config.calibration, "finetune": recipe}
     )
-    result = PruningResult(masks={n: m.cpu() for n, m in masks.items()}, config=config)
+    result = dataclasses.replace(saved, config=config)
+    evaluation = None
+    if evaluation_set is not None:
+        before, after = stats["eval_before"], stats["eval_after"]
+        evaluation = {
+            "dataset": public_name(eval_ref),
+            "split": args.eval_split or "train",
+            "num_samples": after["num_samples"],
+            "accuracy_pruned": before["accuracy"],
+            "loss_pruned": before["loss"],
+            "accuracy_finetuned": after["accuracy"],
+            "loss_finetuned": after["loss"],
+        }
+        prior = _prior_evaluation(src / REPORT_NAME)
+        if prior and (prior.get("dataset"), prior.get("split")) == (
+            evaluation["dataset"],
+            evaluation["split"],
+        ):  # the same data: the dense figure that pruning measured carries over
+            evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
+            evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
+    url = None
+    if not trainer.is_world_process_zero():
+        return None
     with output.phase(f"saving to {out_dir}", {}, "save_s"):
         out_dir = save_pruned(
             model,
@@ -112,18 +212,52 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
             image_processor=processor,
             format=args.format,
             overwrite=args.overwrite,
-            source=source_info(args.model),
+            source=_source(src, args.model),
+            calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
+            evaluation=evaluation,
         )
+    if args.push_to_hub:
+        with output.phase(f"uploading to {args.push_to_hub}", {}, "push_s"):
+            url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
     return {
         "model": args.model,
         "output_dir": str(out_dir),
         "format": args.format,
-        "epochs": stats["epochs"],
+        "epochs": args.epochs,
         "steps": stats["steps"],
+        "epoch_losses": stats["epoch_losses"],
         "first_loss": stats["first_loss"],
         "final_loss": stats["final_loss"],
+        "num_processes": stats["num_processes"],
+        "train_s": round(stats["train_s"], 3),
         "sparsity": result.sparsity,
         "pruned_weights_nonzero": stats["pruned_weights_nonzero"],
+        "evaluation": evaluation,
+        "recipe": recipe,
         "size_on_disk_bytes": size_on_disk(out_dir),
+        "pushed_to": url,
         "total_s": round(time.perf_counter() - t0, 3),
     }
+
+
+def _prior_evaluation(report: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    ev = data.get("evaluation") if isinstance(data, dict) else None
+    return ev if isinstance(ev, dict) else None
+
+
+def _source(src: Path, reference: str) -> dict[str, Any]:
+    """The base model the pruned checkpoint came from (its card's), else the folder."""
+    info = source_info(reference)
+    try:
+        from huggingface_hub import ModelCard
+
+        base = ModelCard.load(src / "README.md", ignore_metadata_errors=True).data.base_model
+    except (OSError, ValueError, ImportError):
+        base = None
+    if isinstance(base, str) and base:
+        info = {**info, "model_id": base}
+    return info

@@ -254,18 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="train a pruned checkpoint with its masks fixed and save it",
         description="Train a directory written by `hf-px prune` on a labelled image "
-        "dataset; every pruned weight stays exactly 0 (hf_px.training).",
+        "dataset with transformers.Trainer; every pruned weight stays exactly 0 "
+        "(hf_px.training). Runs data parallel under torchrun / accelerate launch.",
     )
     p.add_argument("model", metavar="DIR", help="a checkpoint directory written by `hf-px prune`")
     p.add_argument("--epochs", type=_positive_int, default=1, metavar="N")
-    p.add_argument("--lr", type=float, default=1e-4, metavar="LR", help="peak learning rate")
+    p.add_argument(
+        "--learning-rate",
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=1e-4,
+        metavar="LR",
+        help="peak learning rate (cosine decay to 0)",
+    )
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="W")
+    p.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1, metavar="K")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (where supported)")
     _data_args(p, required=False)
-    p.add_argument("--num-samples", type=_positive_int, metavar="N", help="cap the images")
+    p.add_argument("--num-samples", type=_positive_int, metavar="N", help="cap the training images")
+    p.add_argument(
+        "--eval-dataset",
+        metavar="NAME_OR_PATH",
+        help="labelled held-out data: top-1 accuracy before and after fine-tuning",
+    )
+    p.add_argument(
+        "--eval-split",
+        metavar="S",
+        help="split of --eval-dataset (or of --dataset when no --eval-dataset); default: train",
+    )
     p.add_argument("--output-dir", metavar="DIR", help="default: DIR-ft beside the input")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     p.add_argument("--format", choices=FORMATS, default="dense")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
     _loading(p)
     _common(p)
     p.set_defaults(handler="finetune")

@@ -17,6 +17,7 @@ from ..hub import push_to_hub
 from . import common, output
 from .resolve import (
     default_output_dir,
+    is_shipped,
     load,
     model_name,
     public_name,
@@ -78,6 +79,13 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model.eval()
         model.to(acc.device)
         distributed.check_same_weights(model, acc)  # every rank scores the same model
+    # after loading, so that a wrong model id or a non-image model is what gets reported
+    common.error_if(
+        get_method(args.method).needs_data and args.dataset is None and not is_shipped(args.model),
+        f"--method {args.method} scores the weights on data; pass --dataset with images like "
+        "the model's own (a Hub dataset id, an image folder or a save_to_disk directory) — "
+        "only the shipped px-digits-resnet defaults to the built-in digits",
+    )
     data_proc = common.data_processor(model, processor)
 
     with output.phase("preparing calibration data", timings, "calibration_data_s"):

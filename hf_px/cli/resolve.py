@@ -20,6 +20,15 @@ def resolve(reference: str) -> str:
     return reference
 
 
+def is_shipped(reference: str) -> bool:
+    """Whether `reference` names (or is the folder of) a model hf-px ships."""
+    try:
+        target = Path(resolve(reference)).expanduser().resolve()
+    except OSError:
+        return False
+    return any(target == p.resolve() for p in SHIPPED.values())
+
+
 def model_name(reference: str) -> str:
     """The last component of a Hub id or path: ``google/vit-base`` → ``vit-base``."""
     if reference in SHIPPED:

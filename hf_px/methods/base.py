@@ -137,12 +137,11 @@ def masked_tensors(ctx: ScoringContext) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def model_mode(model: nn.Module, train_types: tuple[type, ...] = ()) -> Iterator[None]:
     """Put `model` in eval mode, with modules of `train_types` in train mode; restore."""
-    flags = [(m, m.training) for m in model.modules()]
+    modules = list(model.modules())  # one walk: it ran in every pass of every round
+    flags = [(m, m.training) for m in modules]
     try:
-        model.eval()
-        for m in model.modules():
-            if train_types and isinstance(m, train_types):
-                m.train()
+        for m in modules:
+            m.training = bool(train_types) and isinstance(m, train_types)
         yield
     finally:
         for m, flag in flags:

@@ -56,6 +56,12 @@ from .base import (
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
+#: the default treatment per normalisation kind: ``bn`` for BatchNorm nets, ``norm``
+#: for LayerNorm/GroupNorm nets (docs/method.md §3–4.3 say how each was chosen)
+DEFAULTS = {"bn": "reference", "norm": "rms"}
+BN_MODES = ("reference", "rms", "eval")
+NORM_MODES = ("rms", "gate")
+
 
 def untouched_parameter_names(ctx: ScoringContext) -> set[str]:
     keep_classifier = ctx.options.get("keep_classifier", True)
@@ -68,21 +74,55 @@ def untouched_parameter_names(ctx: ScoringContext) -> set[str]:
 class _Runner:
     """Runs the model in one of the auxiliary modes (see :mod:`auxnets`)."""
 
-    def __init__(self, ctx: ScoringContext, bn_mode: str, keep_qk: bool) -> None:
+    def __init__(
+        self, ctx: ScoringContext, bn_mode: str, keep_qk: bool, norm_mode: str = "rms"
+    ) -> None:
         self.ctx = ctx
         self.model = ctx.model
         self.bn_mode = bn_mode
-        self.gates = ctx.adapter.gates(self.model)
-        self.norms = ctx.adapter.norms(self.model)
-        self.attn = ctx.adapter.attention(self.model)
+        self.norm_mode = norm_mode
+        found = ctx.cache.store.get("px_modules") if ctx.cache is not None else None
+        if found is None or found[0] is not self.model:  # the module walk, once per prune
+            found = (
+                self.model,
+                ctx.adapter.gates(self.model),
+                ctx.adapter.norms(self.model),
+                ctx.adapter.attention(self.model),
+            )
+            if ctx.cache is not None:
+                ctx.cache.store["px_modules"] = found
+        _, self.gates, self.norms, self.attn = found
         self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
+        # without own-statistics normalisation the aux nets grow like fan-in^depth;
+        # rescaling at cuts is exact only then (an RMS norm would undo it per branch)
+        own_stats = any(
+            (bn_mode if n.kind == BATCH_NORM else norm_mode) in ("reference", "rms")
+            for n in self.norms
+        )
+        self.cuts = ctx.adapter.cuts(self.model)
+        self.state.scaled = bool(self.cuts) and not own_stats
+        self.state.rescale = bool(ctx.options.get("cut_scale", True))
+        self.biased = {
+            m: f"{name}.bias" if name else "bias"
+            for name, m in self.model.named_modules()
+            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and m.bias is not None
+        }
         if self.attn:
             auxnets.register_attention()
 
     def _run(self, mode, tensors, x, train_bn):
         self.state.mode = mode
+        self.state.cum_exp = 0
         handles = auxnets.gate_hooks(self.gates, self.state)
-        handles += auxnets.norm_hooks(self.norms, self.state, self.bn_mode)
+        handles += auxnets.norm_hooks(self.norms, self.state, self.bn_mode, self.norm_mode)
+        if self.state.scaled and mode != "record":
+            # biases are added by the cut hooks, times the cumulative cut scale
+            tensors = dict(tensors)
+            biases = [(m, tensors[n]) for m, n in self.biased.items() if n in tensors]
+            for m, n in self.biased.items():
+                if n in tensors:
+                    tensors[n] = torch.zeros_like(tensors[n])
+            handles += auxnets.cut_hooks(self.cuts, biases, self.state)
         if self.state.keep_qk:
             handles += auxnets.projection_hooks(self.attn, self.state)
         attn_ctx = (
@@ -107,31 +147,35 @@ class _Runner:
             self._run("record", eff, x, train_bn=False)
 
     def data(self, data, x):
+        """z_data of a batch; after the pass ``state.cum_exp`` holds the log2 factor
+        it was divided by (0 unless the nets are rescaled at cuts)."""
         self.state.replay_pos = 0
         tensors = {**data, **cloned_buffers(self.model)}
+        train_bn = self.bn_mode != "eval"
         if self.state.keep_qk:
             with torch.enable_grad():
-                return self._run("replay", tensors, x.pow(2), train_bn=True)
+                return self._run("replay", tensors, x.pow(2), train_bn=train_bn)
         with torch.no_grad():
-            return self._run("replay", tensors, x.pow(2), train_bn=True)
+            return self._run("replay", tensors, x.pow(2), train_bn=train_bn)
 
     def kernel(self, kernel, ones):
         tensors = {**kernel, **cloned_buffers(self.model)}
+        train_bn = self.bn_mode != "eval"
         try:
-            return self._run("kernel", tensors, ones, train_bn=True)
+            return self._run("kernel", tensors, ones, train_bn=train_bn)
         except ValueError:  # BatchNorm refuses one value per channel: two equal samples
             if ones.shape[0] != 1:
                 raise
             two = torch.cat([ones, ones])
             return self._run("kernel", {**kernel, **cloned_buffers(self.model)}, two, True)[:1]
 
-    def qk_grads(self, z_data, z_kernel, acc):
-        """Add ∂R_batch/∂W_q, ∂R_batch/∂W_k (through the attention gates) to `acc`."""
+    def qk_grads(self, z_data, z_kernel, acc, factor=1.0):
+        """Add factor · ∂R_batch/∂W_q, ∂R_batch/∂W_k (through the attention gates) to `acc`."""
         leaves = [c.leaf for c in self.state.attention]
         r = (z_data * z_kernel.detach()).sum()
         grads = torch.autograd.grad(r, leaves, allow_unused=True)
         for n, g in auxnets.qk_gradients(self.state, self.attn, list(grads)).items():
-            g = g.to(torch.float64)  # exact sums: independent of the process count
+            g = g.to(torch.float64) * factor  # exact sums: independent of the process count
             acc[n] = acc[n] + g if n in acc else g
 
 
@@ -287,16 +331,37 @@ def _drift(old: _DataSide, new: _DataSide) -> float:
     return float(1.0 - torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+def options(ctx: ScoringContext) -> tuple[str, str, str]:
+    """(bn, norm, qk) modes, defaults from :data:`DEFAULTS`, checked."""
+    bn_mode = ctx.options.get("bn") or DEFAULTS["bn"]
+    if bn_mode not in BN_MODES:
+        raise HfPxError(f"px option bn={bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
+    norm_mode = ctx.options.get("norm") or DEFAULTS["norm"]
+    if norm_mode not in NORM_MODES:
+        raise HfPxError(
+            f"px option norm={norm_mode!r} is unknown; use one of {', '.join(NORM_MODES)}"
+        )
+    qk_mode = ctx.options.get("qk", "tied")
+    if qk_mode not in ("tied", "gate", "off"):
+        raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
+    return bn_mode, norm_mode, qk_mode
+
+
 def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
     """PX scores; see the module docstring and docs/method.md.
 
-    Options: ``bn`` — ``"reference"`` (default) runs BatchNorm in both auxiliary
-    nets on batch statistics exactly as the official code does (one kernel pass
-    per batch on a batch of ones); ``"rms"`` normalises by the nets' own batch
-    statistics without centring (docs/method.md §4: with centring, a BatchNorm
-    ResNet's kernel output does not depend on any conv weight, so those scores
-    are round-off). ``qk`` — ``"tied"`` (default; q/k ranked by gate sensitivity,
-    budget tied to the block's v), ``"gate"`` (raw gate sensitivity) or ``"off"``.
+    Options (defaults in :data:`DEFAULTS`): ``bn`` — BatchNorm in the auxiliary
+    nets: ``"reference"`` on batch statistics exactly as the official code (one
+    kernel pass per batch on a batch of ones; its conv scores are round-off,
+    docs/method.md §3); ``"rms"`` divided by the nets' own RMS; ``"eval"`` the
+    fixed affine map of the running statistics, on the paths (s² and t² in the
+    kernel net). ``norm`` — LayerNorm/GroupNorm: ``"rms"`` own-statistics RMS;
+    ``"gate"`` the linear map around the real forward pass with 1/σ recorded
+    as a gate (keeps every layer's θ² dependence). ``qk`` — ``"tied"`` (q/k
+    ranked by gate sensitivity, budget tied to the block's v), ``"gate"`` or
+    ``"off"``. ``cut_scale`` (default True) — exact power-of-two rescaling at
+    graph cuts where no norm uses own statistics; scores are then defined up to
+    one positive factor per call.
     ``refresh`` — within a `prune`, how often the data side (record and data
     passes: Σ z_data and the q/k gate gradients) is recomputed: a fraction f
     (default 0.3) recomputes it once the kept density has fallen by f since the
@@ -305,16 +370,11 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     recomputed every round either way.
     """
     model = ctx.model
-    bn_mode = ctx.options.get("bn", "reference")
-    if bn_mode not in ("reference", "rms"):
-        raise HfPxError(f"px option bn={bn_mode!r} is unknown; use 'reference' or 'rms'")
-    qk_mode = ctx.options.get("qk", "tied")
-    if qk_mode not in ("tied", "gate", "off"):
-        raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
+    bn_mode, norm_mode, qk_mode = options(ctx)
     refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
     untouched = untouched_parameter_names(ctx)
     eff = masked_tensors(ctx)
-    run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off")
+    run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off", norm_mode=norm_mode)
     has_bn = any(n.kind == BATCH_NORM for n in run.norms)
     timer = ctx.cache
 
@@ -353,6 +413,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     sample = ctx.options["sample_input"]
     key = (
         bn_mode,
+        norm_mode,
         qk_mode,
         tuple(sorted(untouched)),
         tuple(b["pixel_values"].shape for b in batches),
@@ -391,6 +452,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
             return side
 
         side = _data_side(ctx, key, compute)
+        qk_side = side.qk
         if ctx.cache is not None and not ctx.cache.notes["data_refreshed"]:
             # reused z_data: batches of one shape share the kernel output (identical
             # input), so their R terms add up before the backward (equal up to round-off)
@@ -417,19 +479,44 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
             with timed(timer, "data_s"):
                 data, qk = data_net(), {}
                 z_sum = torch.zeros(z_kernel.shape, dtype=torch.float64, device=z_kernel.device)
+                e_first = None  # rescaled nets: every batch is brought to the first one's factor
                 for batch in batches:
                     x = batch["pixel_values"]
                     run.record(eff, x)
                     z = run.data(data, x)
+                    e_first = run.state.cum_exp if e_first is None else e_first
+                    f = 2.0 ** (run.state.cum_exp - e_first)  # exact: a power of two
                     if run.state.keep_qk:
-                        run.qk_grads(z, z_kernel, qk)
-                    z_sum += z.detach().to(torch.float64).sum(0)
+                        run.qk_grads(z, z_kernel, qk, f)
+                    z_sum += z.detach().to(torch.float64).sum(0) * f
+                if run.state.scaled:
+                    # one factor for the whole call: that of batch 0 (always on process 0)
+                    e = torch.tensor([float(e_first or 0) if ctx.reducer.rank == 0 else 0.0])
+                    f = 2.0 ** ((e_first or 0) - int(ctx.reducer.all_reduce_sum(e.double())[0]))
+                    z_sum *= f
+                    for n in qk:
+                        qk[n] *= f
                 z_sum = ctx.reducer.all_reduce_sum(z_sum)
                 return _DataSide(key, density, z_sum=z_sum, qk=finish_qk(qk))
 
         side = _data_side(ctx, key, compute)
+        z_sum, qk_side = side.z_sum, side.qk
+        if not (torch.isfinite(z_sum).all() and torch.isfinite(z_kernel).all()):
+            raise HfPxError(
+                "PX's auxiliary nets overflowed on this model; score with px option "
+                "bn='rms' and norm='rms' (own-statistics normalisation keeps them finite)"
+            )
+        if run.state.scaled:
+            # R to [0.5, 1) by one power of two: scores then sit where the float32
+            # threshold resolves them, whatever factors the cuts took (copies: the
+            # data side may be reused by the next round)
+            r_val = float((z_sum * z_kernel.detach().to(torch.float64)).sum())
+            if r_val > 0 and math.isfinite(r_val):
+                f = 2.0 ** -math.frexp(r_val)[1]
+                z_sum = z_sum * f
+                qk_side = {n: g * f for n, g in qk_side.items()}
         with timed(timer, "kernel_s"):
-            r = (side.z_sum.to(z_kernel.dtype) * z_kernel).sum()
+            r = (z_sum.to(z_kernel.dtype) * z_kernel).sum()
             grads = torch.autograd.grad(r, [leaves[n] for n in names], allow_unused=True)
         scores = {}
         for n, g in zip(names, grads, strict=True):
@@ -438,7 +525,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
 
     if run.state.keep_qk:
         # S_j = ½ |θ_j ∂R/∂θ_j| — equals |∂R/∂θ_j²| θ_j² wherever both are defined
-        for n, g in side.qk.items():
+        for n, g in qk_side.items():
             if n in scores:
                 scores[n] = scores[n] + (0.5 * (g * eff[n]).abs()).to(scores[n].dtype)
         if qk_mode == "tied":
