@@ -27,6 +27,19 @@ def read_json_dict(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def read_checkpoint_json(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's JSON file: None when absent, a one-line error when corrupt."""
+    from .errors import HfPxError
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise HfPxError(f"{path.name} is not valid JSON; re-save the checkpoint") from None
+
+
 def weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
     """The safetensors files of a checkpoint folder and its index (None when unsharded);
     ``([], None)`` when there are none."""

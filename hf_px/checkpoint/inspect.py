@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
-from ..utils import weight_files
+from ..utils import read_checkpoint_json, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
 
@@ -78,7 +78,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                     "storage": storage,
                     "stored_bytes": stored_bytes,
                 }
-    report = _read_json(root / REPORT_NAME)
+    report = read_checkpoint_json(root / REPORT_NAME)
     pruned = _pruned_tensors(tensors, (report or {}).get("per_tensor", {}))
     scope = pruned or {k for k, v in tensors.items() if len(v["shape"]) >= 2}
     n = sum(tensors[k]["numel"] for k in scope)
@@ -95,7 +95,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "sparsity": z / n if n else 0.0,
         "sparsity_scope": "pruned tensors" if pruned else "tensors of rank >= 2",
         "tensors": tensors,
-        "pruning_config": _read_json(root / CONFIG_NAME),
+        "pruning_config": read_checkpoint_json(root / CONFIG_NAME),
     }
 
 
@@ -133,12 +133,3 @@ def _weight_files(root: Path) -> list[str]:
             f"{root} has only pickle (.bin) weights; hf-px inspect reads safetensors only"
         )
     raise HfPxError(f"{root} has no model.safetensors; not a saved checkpoint")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HfPxError(f"{path.name} is not valid JSON; re-save the checkpoint") from None
