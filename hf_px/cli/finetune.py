@@ -15,7 +15,8 @@ from typing import Any
 
 from .. import calibration
 from ..checkpoint import check_output_dir, save_pruned
-from . import common, output
+from ..training import OPTIMIZERS
+from . import common, output, parsing
 from .resolve import load, model_name, public_name, size_on_disk, source_info
 
 
@@ -127,3 +128,24 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         "size_on_disk_bytes": size_on_disk(out_dir),
         "total_s": round(time.perf_counter() - t0, 3),
     }
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px finetune`` and its arguments."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="train a pruned checkpoint with its masks fixed and save it",
+        description="Train a directory written by `hf-px prune` on a labelled image "
+        "dataset; every pruned weight stays exactly 0 (hf_px.training).",
+    )
+    p.add_argument("model", metavar="DIR", help="a checkpoint directory written by `hf-px prune`")
+    p.add_argument("--epochs", type=parsing.positive_int, default=1, metavar="N")
+    p.add_argument("--lr", type=float, default=1e-4, metavar="LR", help="peak learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="W")
+    parsing.data_args(p, required=False)
+    p.add_argument("--num-samples", type=parsing.positive_int, metavar="N", help="cap the images")
+    parsing.output_args(p, "DIR-ft beside the input")
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_finetune)
