@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from . import common, output
+from . import common, output, parsing
 from .resolve import load, model_name
 
 
@@ -58,3 +58,19 @@ def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
         **result,
         "timings": timings,
     }
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px eval`` and its arguments."""
+    p = subparsers.add_parser(
+        "eval",
+        help="top-1 accuracy and loss on a labelled image dataset",
+        description="Top-1 accuracy and mean cross-entropy with the model's own "
+        "label mapping (data-set classes are matched to id2label by name).",
+    )
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    parsing.data_args(p, required=True)
+    p.add_argument("--num-samples", type=parsing.positive_int, metavar="N", help="cap the images")
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_eval)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 from .. import calibration
 from ..checkpoint import check_output_dir, save_pruned
 from ..hub import push_to_hub
-from . import common, output
+from ..training import OPTIMIZERS
+from ..utils import read_json_dict
+from . import common, output, parsing
 from .resolve import load, model_name, public_name, size_on_disk, source_info
 
 
@@ -241,11 +242,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _prior_evaluation(report: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError):
-        return None
-    ev = data.get("evaluation") if isinstance(data, dict) else None
+    ev = read_json_dict(report).get("evaluation")
     return ev if isinstance(ev, dict) else None
 
 
@@ -261,3 +258,51 @@ def _source(src: Path, reference: str) -> dict[str, Any]:
     if isinstance(base, str) and base:
         info = {**info, "model_id": base}
     return info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px finetune`` and its arguments."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="train a pruned checkpoint with its masks fixed and save it",
+        description="Train a directory written by `hf-px prune` on a labelled image "
+        "dataset with transformers.Trainer; every pruned weight stays exactly 0 "
+        "(hf_px.training). Runs data parallel under torchrun / accelerate launch.",
+    )
+    p.add_argument("model", metavar="DIR", help="a checkpoint directory written by `hf-px prune`")
+    p.add_argument("--epochs", type=parsing.positive_int, default=1, metavar="N")
+    p.add_argument(
+        "--learning-rate",
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=1e-4,
+        metavar="LR",
+        help="peak learning rate (cosine decay to 0)",
+    )
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="W")
+    p.add_argument(
+        "--gradient-accumulation-steps", type=parsing.positive_int, default=1, metavar="K"
+    )
+    p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (where supported)")
+    parsing.data_args(p, required=False)
+    p.add_argument(
+        "--num-samples", type=parsing.positive_int, metavar="N", help="cap the training images"
+    )
+    p.add_argument(
+        "--eval-dataset",
+        metavar="NAME_OR_PATH",
+        help="labelled held-out data: top-1 accuracy before and after fine-tuning",
+    )
+    p.add_argument(
+        "--eval-split",
+        metavar="S",
+        help="split of --eval-dataset (or of --dataset when no --eval-dataset); default: train",
+    )
+    parsing.output_args(p, "DIR-ft beside the input")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_finetune)

@@ -9,7 +9,7 @@ from typing import Any
 from ..checkpoint import inspect_checkpoint
 from ..errors import HfPxError
 from ..utils import not_found_hint
-from . import output
+from . import output, parsing
 from .resolve import resolve
 
 _PATTERNS = ["*.json", "*.safetensors", "README.md"]
@@ -71,3 +71,16 @@ def _print(reference: str, info: dict[str, Any]) -> None:
         for n, t in rows:
             shape = "x".join(str(d) for d in t["shape"])
             say(f"  {n.ljust(width)}  {shape:>18}  {pct(1 - t['sparsity']):>8}  {t['storage']}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px inspect`` and its arguments."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="sparsity, pruning config, format and size of a checkpoint",
+        description="Overall and per-tensor sparsity, the pruning config if "
+        "present, the storage format and the size on disk.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    parsing.common(p)
+    p.set_defaults(func=run_inspect)

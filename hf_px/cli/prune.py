@@ -13,8 +13,10 @@ from typing import Any
 
 from .. import calibration, distributed
 from ..checkpoint import check_output_dir, save_pruned
+from ..config import SCOPES
 from ..hub import push_to_hub
-from . import common, output
+from ..methods import METHODS
+from . import common, output, parsing
 from .resolve import (
     default_output_dir,
     is_shipped,
@@ -262,3 +264,109 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     if s.get("pushed_to"):
         say(f"  pushed: {s['pushed_to']}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px prune`` and its arguments."""
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a model and write a sparse checkpoint",
+        description="Score every Conv/Linear weight on calibration data, prune to "
+        "the requested sparsity and write a checkpoint that from_pretrained loads.",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="Hub id, local model directory, or a model hf-px ships (px-digits-resnet)",
+    )
+    p.add_argument(
+        "--sparsity",
+        type=parsing.fraction,
+        required=True,
+        metavar="S",
+        help="fraction of prunable weights to remove, in (0, 1), e.g. 0.9",
+    )
+    _method_args(p)
+    parsing.data_args(p, required=False)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--num-samples", type=parsing.positive_int, metavar="N")
+    size.add_argument(
+        "--examples-per-class",
+        type=parsing.positive_int,
+        metavar="K",
+        help="class-balanced calibration subset (the paper: 10)",
+    )
+    parsing.output_args(p, "./<model-name>-px<sparsity%%>")
+    _eval_and_push_args(p)
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_prune)
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=list(METHODS), default="px")
+    p.add_argument(
+        "--rounds",
+        type=parsing.positive_int,
+        metavar="N",
+        help="pruning rounds (default: the method's own: px/synflow 100, others 1)",
+    )
+    p.add_argument("--scope", choices=SCOPES, default="global")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="REGEX",
+        help="never prune parameters whose name matches (repeatable)",
+    )
+    p.add_argument(
+        "--px-bn",
+        choices=("reference", "rms"),
+        help="PX BatchNorm treatment in the auxiliary nets (default: reference)",
+    )
+    p.add_argument(
+        "--px-refresh",
+        type=parsing.refresh,
+        metavar="F|every",
+        help="PX: recompute the data side once the kept density has fallen by F since the "
+        "last recompute, reusing it in between (default: 0.3); 'every' = the paper's full "
+        "recompute every round",
+    )
+    p.add_argument(
+        "--min-density-ratio",
+        type=parsing.unit_interval,
+        metavar="R",
+        help="collapse guard: no tensor drops below R x the target density "
+        "(default: the library's 0.1; 0 = reference behaviour)",
+    )
+    p.add_argument(
+        "--no-recalibrate-bn",
+        dest="recalibrate_bn",
+        action="store_false",
+        help="keep the dense model's BatchNorm running statistics (default: re-estimate "
+        "them on the calibration data after pruning)",
+    )
+
+
+def _eval_and_push_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="top-1 accuracy before and after pruning (on --eval-dataset/--eval-split)",
+    )
+    p.add_argument(
+        "--eval-dataset",
+        metavar="NAME_OR_PATH",
+        help="labelled data for --eval (default: --dataset, or the built-in digits)",
+    )
+    p.add_argument(
+        "--eval-split",
+        metavar="S",
+        help="split for --eval (default: train; name the held-out one, e.g. test)",
+    )
+    p.add_argument(
+        "--eval-samples", type=parsing.positive_int, metavar="N", help="cap --eval images"
+    )
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
