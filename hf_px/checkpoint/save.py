@@ -326,7 +326,7 @@ def _scrub_paths(value: Any) -> Any:
 
 
 def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
-    """No written text file may name a local directory or the user (issue 5)."""
+    """No written text file may name a local directory or the user."""
     needles = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
     needles.add(str(Path.home()))
     try:
