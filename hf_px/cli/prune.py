@@ -90,30 +90,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     data_proc = common.data_processor(model, processor)
 
-    with output.phase("preparing calibration data", timings, "calibration_data_s"):
-        batches = calibration.load_calibration_batches(
-            args.dataset,
-            image_processor=data_proc,
-            dataset_config=args.dataset_config,
-            split=args.split or "train",
-            image_column=args.image_column,
-            label_column=args.label_column,
-            num_samples=args.num_samples,
-            examples_per_class=args.examples_per_class,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            need_labels=get_method(args.method).needs_labels,
-        )
-        batches = distributed.move_batches(batches, acc.device)
-    calib_info = {
-        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
-        "config": args.dataset_config,
-        "split": args.split or "train",
-        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
-        "examples_per_class": args.examples_per_class,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
+    batches, calib_info = _calibration(args, data_proc, acc, timings)
 
     evaluation: dict[str, Any] | None = None
     if args.eval:
@@ -145,18 +122,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
-        evaluation = {
-            "dataset": public_name(eval_ref) or calibration.DEFAULT_DATASET,
-            "split": data.split,
-            "num_samples": pruned["num_samples"],
-            # flat keys: what the model card reads (hf_px.card.write_card)
-            "accuracy_before": dense["accuracy"],
-            "accuracy_after": pruned["accuracy"],
-            "loss_before": dense["loss"],
-            "loss_after": pruned["loss"],
-            "dense": dense,
-            "pruned": pruned,
-        }
+        evaluation = _evaluation(eval_ref, data, dense, pruned)
 
     url = None
     if acc.is_main_process:
@@ -179,6 +145,59 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if not acc.is_main_process:
         return None
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    return _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url)
+
+
+def _calibration(
+    args: argparse.Namespace, data_proc: Any, acc: Any, timings: dict[str, float]
+) -> tuple[list[dict], dict[str, Any]]:
+    """The calibration batches on this process's device, and what the card says of them."""
+    from ..methods import get_method
+
+    with output.phase("preparing calibration data", timings, "calibration_data_s"):
+        batches = calibration.load_calibration_batches(
+            args.dataset,
+            image_processor=data_proc,
+            dataset_config=args.dataset_config,
+            split=args.split or "train",
+            image_column=args.image_column,
+            label_column=args.label_column,
+            num_samples=args.num_samples,
+            examples_per_class=args.examples_per_class,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            need_labels=get_method(args.method).needs_labels,
+        )
+        batches = distributed.move_batches(batches, acc.device)
+    calib_info = {
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        "config": args.dataset_config,
+        "split": args.split or "train",
+        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
+        "examples_per_class": args.examples_per_class,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    return batches, calib_info
+
+
+def _evaluation(eval_ref: str | None, data: Any, dense: dict, pruned: dict) -> dict[str, Any]:
+    return {
+        "dataset": public_name(eval_ref) or calibration.DEFAULT_DATASET,
+        "split": data.split,
+        "num_samples": pruned["num_samples"],
+        # flat keys: what the model card reads (hf_px.card.write_card)
+        "accuracy_before": dense["accuracy"],
+        "accuracy_after": pruned["accuracy"],
+        "loss_before": dense["loss"],
+        "loss_after": pruned["loss"],
+        "dense": dense,
+        "pruned": pruned,
+    }
+
+
+def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -> dict[str, Any]:
+    """What `--json` prints and the human summary reads."""
     per_tensor = result.per_tensor_sparsity
     return {
         "model": args.model,
