@@ -107,7 +107,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
     from ..checkpoint import load_pruning
-    from ..config import CONFIG_NAME, REPORT_NAME
+    from ..config import CONFIG_NAME
     from ..errors import HfPxError
     from ..training import trainer_finetune
 
@@ -117,16 +117,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         raise HfPxError(
             f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune`"
         )
-    common.error_if(
-        bool(args.eval_split) and not args.eval_dataset and not args.dataset,
-        "--eval-split needs the data set to take it from; add --eval-dataset or --dataset",
-    )
-    common.error_if(
-        args.private and not args.push_to_hub,
-        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
-    )
-    out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
-    check_output_dir(out_dir, args.overwrite)
+    out_dir = _check_args(args, src)
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
     saved = load_pruning(src, model=model)
@@ -162,46 +153,14 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             f"{stats['pruned_weights_nonzero']} pruned weights became non-zero during training; "
             "nothing was written — report this with the command line"
         )
-    recipe = {
-        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
-        "split": split,
-        "num_samples": len(train),
-        "epochs": args.epochs,
-        "steps": stats["steps"],
-        "learning_rate": args.learning_rate,
-        "schedule": "cosine",
-        "batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": stats["num_processes"],
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "bf16": bool(args.bf16),
-        "seed": args.seed,
-        "trainer": "transformers.Trainer",
-    }
+    recipe = _recipe(args, split, len(train), stats)
     config = dataclasses.replace(
         saved.config, calibration={**saved.config.calibration, "finetune": recipe}
     )
     result = dataclasses.replace(saved, config=config)
     evaluation = None
     if evaluation_set is not None:
-        before, after = stats["eval_before"], stats["eval_after"]
-        evaluation = {
-            "dataset": public_name(eval_ref),
-            "split": args.eval_split or "train",
-            "num_samples": after["num_samples"],
-            "accuracy_pruned": before["accuracy"],
-            "loss_pruned": before["loss"],
-            "accuracy_finetuned": after["accuracy"],
-            "loss_finetuned": after["loss"],
-        }
-        prior = _prior_evaluation(src / REPORT_NAME)
-        if prior and (prior.get("dataset"), prior.get("split")) == (
-            evaluation["dataset"],
-            evaluation["split"],
-        ):  # the same data: the dense figure that pruning measured carries over
-            evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
-            evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
+        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
     url = None
     if not trainer.is_world_process_zero():
         return None
@@ -220,6 +179,26 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.push_to_hub:
         with output.phase(f"uploading to {args.push_to_hub}", {}, "push_s"):
             url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+    return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+
+
+def _check_args(args: argparse.Namespace, src: Path) -> Path:
+    """Refuse contradictory flags and a taken output directory before loading anything."""
+    common.error_if(
+        bool(args.eval_split) and not args.eval_dataset and not args.dataset,
+        "--eval-split needs the data set to take it from; add --eval-dataset or --dataset",
+    )
+    common.error_if(
+        args.private and not args.push_to_hub,
+        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
+    )
+    out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
+    check_output_dir(out_dir, args.overwrite)
+    return out_dir
+
+
+def _summary(args, out_dir, result, stats, evaluation, recipe, url, t0) -> dict[str, Any]:
+    """What `--json` prints and the human summary reads."""
     return {
         "model": args.model,
         "output_dir": str(out_dir),
@@ -239,6 +218,52 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         "pushed_to": url,
         "total_s": round(time.perf_counter() - t0, 3),
     }
+
+
+def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict) -> dict:
+    """The fine-tuning recipe as the card and pruning_config.json record it."""
+    return {
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        "split": split,
+        "num_samples": num_samples,
+        "epochs": args.epochs,
+        "steps": stats["steps"],
+        "learning_rate": args.learning_rate,
+        "schedule": "cosine",
+        "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": stats["num_processes"],
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "bf16": bool(args.bf16),
+        "seed": args.seed,
+        "trainer": "transformers.Trainer",
+    }
+
+
+def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> dict[str, Any]:
+    """Accuracy before/after fine-tuning, with the dense figure when pruning measured it on
+    the same data."""
+    from ..config import REPORT_NAME
+
+    before, after = stats["eval_before"], stats["eval_after"]
+    evaluation = {
+        "dataset": public_name(eval_ref),
+        "split": split,
+        "num_samples": after["num_samples"],
+        "accuracy_pruned": before["accuracy"],
+        "loss_pruned": before["loss"],
+        "accuracy_finetuned": after["accuracy"],
+        "loss_finetuned": after["loss"],
+    }
+    prior = _prior_evaluation(src / REPORT_NAME)
+    if prior and (prior.get("dataset"), prior.get("split")) == (
+        evaluation["dataset"],
+        evaluation["split"],
+    ):  # the same data: the dense figure that pruning measured carries over
+        evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
+        evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
+    return evaluation
 
 
 def _prior_evaluation(report: Path) -> dict[str, Any] | None:
