@@ -159,13 +159,12 @@ def prune(
     published default (px, synflow: 100; the one-shot methods: 1).
     ``min_density_ratio`` is the collapse guard of :mod:`hf_px.masks.threshold`
     (0 = reference behaviour).
+
+    Longer than most functions here on purpose: the round loop (score, threshold,
+    record, report progress) reads top to bottom in one place.
     """
-    if config is not None and not isinstance(config, PruningConfig):
-        raise HfPxError(
-            "config must be a PruningConfig, e.g. PruningConfig(sparsity=0.9) or "
-            "PruningConfig.from_pretrained(checkpoint_dir)"
-        )
-    cfg = (config or PruningConfig()).merged(
+    cfg = _settings(
+        config,
         sparsity=sparsity,
         method=method,
         rounds=rounds,
@@ -234,11 +233,7 @@ def prune(
         **{f"scoring_{k}": v for k, v in sorted(cache.timings.items())},
         "threshold_s": threshold_s,
     }
-    with torch.no_grad():
-        for n, p in params.items():
-            p.mul_(masks[n].to(p.dtype))
-            # exactly +0.0 where pruned (θ·0 is −0.0 for negative θ)
-            p.masked_fill_(~masks[n], 0.0)
+    _zero_pruned(params, masks)
     config = dataclasses.replace(
         cfg,
         rounds=rounds,
@@ -252,6 +247,23 @@ def prune(
         timings=timings,
         history=history,
     )
+
+
+def _settings(config: PruningConfig | None, **overrides: Any) -> PruningConfig:
+    """`config` (default ``PruningConfig()``) with every override that is not None."""
+    if config is not None and not isinstance(config, PruningConfig):
+        raise HfPxError(
+            "config must be a PruningConfig, e.g. PruningConfig(sparsity=0.9) or "
+            "PruningConfig.from_pretrained(checkpoint_dir)"
+        )
+    return (config or PruningConfig()).merged(**overrides)
+
+
+@torch.no_grad()
+def _zero_pruned(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+    for n, p in params.items():
+        p.mul_(masks[n].to(p.dtype))
+        p.masked_fill_(~masks[n], 0.0)  # exactly +0.0 where pruned (θ·0 is −0.0 for θ < 0)
 
 
 def _jsonable(v: Any) -> bool:
