@@ -346,52 +346,29 @@ def trainer_finetune(
     import shutil
     import tempfile
 
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
-    if optimizer not in OPTIMIZERS:
-        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise HfPxError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise HfPxError("gradient_accumulation_steps must be a positive integer")
-    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
-        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+    _check_settings(
+        optimizer, epochs, batch_size, gradient_accumulation_steps, learning_rate, weight_decay
+    )
     masks = as_masks(masks)
     own_dir = work_dir is None
     work = work_dir or tempfile.mkdtemp(prefix="hf-px-trainer-")
     try:
-        try:
-            args = TrainingArguments(
-                output_dir=work,
-                num_train_epochs=epochs,
-                learning_rate=float(learning_rate),
-                per_device_train_batch_size=batch_size,
-                per_device_eval_batch_size=batch_size,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-                weight_decay=float(weight_decay),
-                optim="adamw_torch" if optimizer == "adamw" else "sgd",
-                optim_args=None if optimizer == "adamw" else f"momentum={momentum}",
-                lr_scheduler_type="cosine",
-                max_grad_norm=max_grad_norm,
-                bf16=bf16,
-                use_cpu=not torch.cuda.is_available(),
-                seed=seed,
-                data_seed=seed,
-                logging_strategy="epoch",
-                eval_strategy="no",
-                save_strategy="no",
-                report_to=[],
-                remove_unused_columns=False,
-                dataloader_num_workers=0,
-                disable_tqdm=quiet,
-                ddp_find_unused_parameters=False,
-            )
-        except (ValueError, ImportError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise HfPxError(f"invalid training settings ({first}); drop --bf16 or fix it") from None
+        args = _training_arguments(
+            work,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            max_grad_norm=max_grad_norm,
+            bf16=bf16,
+            seed=seed,
+            quiet=quiet,
+        )
         trainer = Trainer(
             model=model,
             args=args,
@@ -430,6 +407,62 @@ def trainer_finetune(
         "train_s": train_s,
         "num_processes": int(args.world_size),
     }
+
+
+def _check_settings(
+    optimizer: str,
+    epochs: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float,
+    weight_decay: float,
+) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HfPxError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+        raise HfPxError("gradient_accumulation_steps must be a positive integer")
+    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
+        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+
+
+def _training_arguments(work: str, *, optimizer: str, momentum: float, **settings: Any) -> Any:
+    """Trainer's settings for a masked fine-tune: cosine decay, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(
+            output_dir=work,
+            num_train_epochs=settings["epochs"],
+            learning_rate=float(settings["learning_rate"]),
+            per_device_train_batch_size=settings["batch_size"],
+            per_device_eval_batch_size=settings["batch_size"],
+            gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+            weight_decay=float(settings["weight_decay"]),
+            optim="adamw_torch" if optimizer == "adamw" else "sgd",
+            optim_args=None if optimizer == "adamw" else f"momentum={momentum}",
+            lr_scheduler_type="cosine",
+            max_grad_norm=settings["max_grad_norm"],
+            bf16=settings["bf16"],
+            use_cpu=not torch.cuda.is_available(),
+            seed=settings["seed"],
+            data_seed=settings["seed"],
+            logging_strategy="epoch",
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=settings["quiet"],
+            ddp_find_unused_parameters=False,
+        )
+    except (ValueError, ImportError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise HfPxError(f"invalid training settings ({first}); drop --bf16 or fix it") from None
 
 
 def _evaluate(trainer: Any, dataset: Any) -> dict[str, Any] | None:
