@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,24 @@ from .. import calibration, distributed
 from . import output
 
 logger = logging.getLogger(__name__)
+
+
+def report(
+    args: Any,
+    compute: Callable[[Any], dict[str, Any] | None],
+    print_summary: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run a command's `compute`; the main process prints its summary, as one JSON object
+    with ``--json`` (everything else then goes to stderr), else as text."""
+    with output.stdout_to_stderr(args.json) as stdout:
+        summary = compute(args)
+        if summary is None:  # not the main process
+            return 0
+        if args.json:
+            output.emit_json(summary, stdout)
+        else:
+            print_summary(summary)
+    return 0
 
 
 def accelerator():
@@ -91,4 +110,5 @@ __all__ = [
     "error_if",
     "eval_data",
     "evaluate",
+    "report",
 ]

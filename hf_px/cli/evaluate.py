@@ -11,19 +11,14 @@ from .resolve import load, model_name
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _eval(args)
-        if summary is None:
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            output.say(
-                f"{summary['model']} on {summary['dataset']} [{summary['split']}]: "
-                f"top-1 {output.pct(summary['accuracy'])} "
-                f"({summary['correct']}/{summary['num_samples']}), loss {summary['loss']:.4f}"
-            )
-    return 0
+    return common.report(args, _eval, _print_summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    output.say(
+        f"{s['model']} on {s['dataset']} [{s['split']}]: top-1 {output.pct(s['accuracy'])} "
+        f"({s['correct']}/{s['num_samples']}), loss {s['loss']:.4f}"
+    )
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any] | None:

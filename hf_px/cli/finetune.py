@@ -30,15 +30,7 @@ from .resolve import load, model_name, public_name, size_on_disk, source_info
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _finetune(args)
-        if summary is None:  # not the main process
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            _print_summary(summary)
-    return 0
+    return common.report(args, _finetune, _print_summary)
 
 
 def _print_summary(s: dict[str, Any]) -> None:

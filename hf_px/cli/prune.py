@@ -29,15 +29,7 @@ from .resolve import (
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _prune(args)
-        if summary is None:  # not the main process
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            _print_summary(summary)
-    return 0
+    return common.report(args, _prune, _print_summary)
 
 
 def _check_args(args: argparse.Namespace) -> Path:
