@@ -814,6 +814,9 @@ def plot(rows, path: Path, data: str) -> None:
     fig, axes = plt.subplots(
         len(protocols), len(fams), figsize=(5 * len(fams), 4 * len(protocols)), squeeze=False
     )
+    # one colour per method across panels (families run different PX variants)
+    palette = plt.get_cmap("tab20").colors
+    colour = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     for i, protocol in enumerate(protocols):
         prows = [r for r in rows if r.get("protocol", "init") == protocol]
         field = "accuracy" if protocol == "init" else "after_finetune"
@@ -833,6 +836,7 @@ def plot(rows, path: Path, data: str) -> None:
                     [100 * r["mean"] for r in srows],
                     yerr=[100 * r["std"] for r in srows],
                     label=m,
+                    color=colour[m],
                     marker="o",
                     capsize=2,
                     linewidth=2.2 if m.startswith("px") else 1.0,
@@ -848,7 +852,7 @@ def plot(rows, path: Path, data: str) -> None:
             what = "pruned at init" if protocol == "init" else "trained, pruned, fine-tuned"
             ax.set_title(f"{data}, {f}, {what}")
             ax.grid(alpha=0.3)
-        axes[i][0].legend(fontsize=7)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -97,7 +97,7 @@ def main() -> None:
     for name in args.models:
         variants = [(m, {}) for m in args.methods]
         if name.startswith("resnet") and "px" in args.methods:
-            variants.append(("px", {"bn": "rms"}))
+            variants += [("px", {"bn": "reference"}), ("px", {"bn": "rms"})]
         if args.prune_rounds and "px" in args.methods:
             variants.append(("px", {"refresh": "every"}))  # the full recompute
         out = {}

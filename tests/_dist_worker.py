@@ -37,7 +37,8 @@ def uneven_batches(size: int = 32, classes: int = 3, seed: int = 0) -> list[dict
 # (case name, model builder, method, extra options, prune rounds)
 CASES: list[tuple[str, Any, str, dict, int]] = [
     ("px_vit", tiny_vit, "px", {}, 3),
-    ("px_resnet_bn_reference", tiny_resnet, "px", {}, 3),
+    ("px_resnet_default", tiny_resnet, "px", {}, 3),
+    ("px_resnet_bn_reference", tiny_resnet, "px", {"bn": "reference"}, 3),
     ("px_resnet_bn_rms", tiny_resnet, "px", {"bn": "rms"}, 2),
     ("snip_vit", tiny_vit, "snip", {}, 1),
     ("grasp_resnet", tiny_resnet, "grasp", {}, 1),

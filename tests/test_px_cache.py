@@ -10,10 +10,11 @@ import torch
 from conftest import make_batches, tiny_convnext, tiny_resnet, tiny_vit
 
 from hf_px import HfPxError, compute_scores, prune
+from hf_px.config import DEFAULT_MIN_DENSITY_RATIO
 from hf_px.masks import keep_counts, select_global
 from hf_px.methods import RoundCache, ScoringContext, get_method
 from hf_px.methods.px import DEFAULT_REFRESH, refresh_policy
-from hf_px.pruning import DEFAULT_MIN_DENSITY_RATIO, _score
+from hf_px.pruning import _score
 
 
 def _manual_loop(model, batches, sparsity, rounds, **opts):

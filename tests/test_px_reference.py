@@ -106,7 +106,7 @@ def test_px_matches_reference_on_hf_resnet(with_masks):
             for n, p in model.named_parameters()
             if n.endswith("weight") and p.dim() in (2, 4)
         }
-    ours = compute_scores(model, batches, method="px", masks=masks)
+    ours = compute_scores(model, batches, method="px", bn="reference", masks=masks)
     ref = reference_px(model, batches, masks)
     assert set(ours) == set(ref) and len(ref) == 9
     for n in ref:

@@ -265,7 +265,12 @@ def config(model_type: str):
     from transformers import AutoConfig
 
     kwargs = dict(CONFIGS[model_type])
-    return AutoConfig.for_model(model_type, num_labels=NUM_LABELS, **kwargs)
+    # explicit labels: some configs (pvt) leave id2label unset for num_labels alone
+    id2label = {i: f"class_{i}" for i in range(NUM_LABELS)}
+    label2id = {v: k for k, v in id2label.items()}
+    return AutoConfig.for_model(
+        model_type, num_labels=NUM_LABELS, id2label=id2label, label2id=label2id, **kwargs
+    )
 
 
 def architectures(model_type: str) -> tuple[str, ...]:

@@ -150,8 +150,18 @@ class Adapter:
     name = "generic"
     model_types: tuple[str, ...] = ()
     #: attribute names of the classifier head on `*ForImageClassification` models
-    classifier_attrs: tuple[str, ...] = ("classifier", "head", "fc")
+    classifier_attrs: tuple[str, ...] = (
+        "classifier",
+        "head",
+        "fc",
+        "cls_classifier",  # DeiT with teacher: class-token and distillation heads
+        "distillation_classifier",
+        "classifier_distill",  # LeViT with teacher
+    )
     prunable_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)
+    #: (regex, why) for Conv2d/Linear weights no score can rank in this family: they are
+    #: left out of pruning (kept dense) with a warning, never pruned by tie order
+    unscorable: tuple[tuple[str, str], ...] = ()
 
     # -- prunable weights ---------------------------------------------------------------
     def prunable_parameters(
@@ -162,10 +172,19 @@ class Adapter:
         for mod_name, module in model.named_modules():
             if isinstance(module, self.prunable_types) and module.weight is not None:
                 owned[id(module.weight)] = f"{mod_name}.weight" if mod_name else "weight"
+        unscorable = [(re.compile(p), why) for p, why in self.unscorable]
         out: dict[str, nn.Parameter] = {}
+        skipped: dict[str, int] = {}
         for name, param in model.named_parameters():
-            if id(param) in owned and not any(p.search(name) for p in patterns):
-                out[name] = param
+            if id(param) not in owned or any(p.search(name) for p in patterns):
+                continue
+            why = next((w for p, w in unscorable if p.search(name)), None)
+            if why is not None:
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            out[name] = param
+        for why, count in skipped.items():
+            _warn_once(f"{self.name}: {count} weight tensors kept dense: {why}")
         return out
 
     # -- classifier ---------------------------------------------------------------------
@@ -177,11 +196,12 @@ class Adapter:
         """
         if getattr(model, "config", None) is None:
             return set()
-        for attr in self.classifier_attrs:
+        names: set[str] = set()
+        for attr in self.classifier_attrs:  # every head: distilled models have two
             head = getattr(model, attr, None)
-            if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-                return {f"{attr}.{n}" for n, _ in head.named_parameters()}
-        return set()
+            if isinstance(head, nn.Module):
+                names.update(f"{attr}.{n}" for n, _ in head.named_parameters())
+        return names
 
     # -- gates and norms ------------------------------------------------------------------
     def gates(self, model: nn.Module) -> list[Gate]:
@@ -230,6 +250,15 @@ class Adapter:
             prefix = f"{norm.name}." if norm.name else ""
             names.update(prefix + n for n, _ in norm.module.named_parameters(recurse=False))
         return names
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning("%s", message)
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

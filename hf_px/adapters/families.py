@@ -28,3 +28,48 @@ class ViTAdapter(Adapter):
 
     name = "vit"
     model_types = ("vit", "deit", "dinov2", "beit", "swin")
+
+
+@register_adapter
+class SiglipAdapter(Adapter):
+    """SigLIP vision tower; the classifier averages the tokens."""
+
+    name = "siglip"
+    model_types = ("siglip",)
+    unscorable = (
+        (
+            r"^vision_model\.head\.",
+            "the attention-pooling head is not used by SiglipForImageClassification "
+            "(it averages the tokens), so no score reaches it",
+        ),
+    )
+
+
+_INLINE_QK = (
+    "its attention's softmax is computed inline, so query/key reach the output only "
+    "through the kernel net's attention probabilities, whose gradient vanishes once the "
+    "tokens agree"
+)
+
+
+@register_adapter
+class MobileViTAdapter(Adapter):
+    """MobileNetV2 blocks + unfolded-patch transformer blocks (inline softmax attention)."""
+
+    name = "mobilevit"
+    model_types = ("mobilevit",)
+    unscorable = ((r"\.attention\.attention\.(query|key)\.weight$", _INLINE_QK),)
+
+
+@register_adapter
+class CvtAdapter(Adapter):
+    """Convolutional projections (depthwise conv + BatchNorm) before inline attention."""
+
+    name = "cvt"
+    model_types = ("cvt",)
+    unscorable = (
+        (
+            r"\.attention\.attention\.(convolution_projection|projection)_(query|key)\.",
+            _INLINE_QK,
+        ),
+    )

@@ -42,7 +42,17 @@ class HfPxBitmaskConfig(QuantizationConfigMixin):
 
 
 class BitmaskDecode(ConversionOps):
-    """(values, index) → dense weight; dense tensors pass through (cast if asked)."""
+    """(values, index) → dense weight; dense tensors pass through (cast if asked).
+
+    transformers folds this op in front of a model's own converters (its
+    checkpoint key renaming, e.g. one fused tensor chunked into two weights):
+    their sources then gain the ``_hfpx_index`` companions, so the converter
+    reads several keys for several targets. The decode merges each pair back
+    into one tensor under the weight's own key before the model's ops run, so
+    it declares that it maps many to many.
+    """
+
+    supports_many_to_many = True
 
     def __init__(self, hf_quantizer: Any) -> None:
         self.hf_quantizer = hf_quantizer

@@ -23,6 +23,7 @@ from .resolve import (
     load,
     model_name,
     public_name,
+    resolve,
     size_on_disk,
     source_info,
 )
@@ -57,7 +58,21 @@ def _check_args(args: argparse.Namespace) -> Path:
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
+    _refuse_unsupported(args.model)
     return out_dir
+
+
+def _refuse_unsupported(reference: str) -> None:
+    """A model type hf-px refuses is refused from its config alone, before any weight loads."""
+    from transformers import AutoConfig
+
+    from ..adapters import check_supported
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(reference))
+    except (OSError, ValueError):  # unreadable here: loading reports it, with its own fix
+        return
+    check_supported(config)
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any] | None:

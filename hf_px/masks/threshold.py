@@ -34,7 +34,9 @@ def _prepared(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
     out = {}
     tied: list[tuple[str, float]] = []
     for n, s in scores.items():
-        s = s.detach().reshape(-1).to(torch.float32)
+        # float64 stays float64: PX rescores in it when float32 underflows
+        s = s.detach().reshape(-1)
+        s = s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
         if torch.isnan(s).any():
             raise HfPxFailure(
                 f"scores of {n!r} contain NaN; check the model's weights or use float32 data"
