@@ -15,7 +15,7 @@ from .. import calibration, distributed
 from ..checkpoint import check_output_dir, save_pruned
 from ..config import SCOPES
 from ..hub import push_to_hub
-from ..methods import METHODS
+from ..methods import METHODS, px
 from . import common, output, parsing
 from .resolve import (
     default_output_dir,
@@ -348,8 +348,8 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--px-bn",
-        choices=("reference", "rms"),
-        help="PX BatchNorm treatment in the auxiliary nets (default: reference)",
+        choices=px.BN_MODES,
+        help=f"PX BatchNorm treatment in the auxiliary nets (default: {px.DEFAULTS['bn']})",
     )
     p.add_argument(
         "--px-refresh",
