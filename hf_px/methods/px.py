@@ -423,6 +423,9 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
     last recompute and reuses it in between (docs/method.md §2); ``"every"`` is the
     paper's full recompute every round. The kernel net and the threshold are
     recomputed every round either way.
+
+    Long on purpose: the passes (record, data, kernel, backward) share the modes,
+    hooks and cache state, and read here in the order the method defines them.
     """
     model = ctx.model
     bn_mode, norm_mode, qk_mode = options(ctx)
