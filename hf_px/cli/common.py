@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
+from ..checkpoint import save_pruned
+from ..hub import push_to_hub
 from . import output
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,34 @@ def report(
         else:
             print_summary(summary)
     return 0
+
+
+def save_and_push(
+    args: Any,
+    model: Any,
+    out_dir: Path,
+    result: Any,
+    processor: Any,
+    timings: dict[str, float],
+    **card: Any,
+) -> tuple[Path, str | None]:
+    """Write the checkpoint (``--format``, ``--overwrite``; `card`: what the model card
+    shows) and upload it with ``--push-to-hub``; (the folder written, the Hub URL)."""
+    with output.phase(f"saving to {out_dir}", timings, "save_s"):
+        out_dir = save_pruned(
+            model,
+            out_dir,
+            result,
+            image_processor=processor,
+            format=args.format,
+            overwrite=args.overwrite,
+            **card,
+        )
+    url = None
+    if args.push_to_hub:
+        with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
+            url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+    return out_dir, url
 
 
 def accelerator():
@@ -111,4 +142,5 @@ __all__ = [
     "eval_data",
     "evaluate",
     "report",
+    "save_and_push",
 ]

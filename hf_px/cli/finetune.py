@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
-from ..checkpoint import check_output_dir, save_pruned
-from ..hub import push_to_hub
+from ..checkpoint import check_output_dir
 from ..training import OPTIMIZERS
 from ..utils import read_json_dict
 from . import common, output, parsing
@@ -153,24 +152,19 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     evaluation = None
     if evaluation_set is not None:
         evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
-    url = None
     if not trainer.is_world_process_zero():
         return None
-    with output.phase(f"saving to {out_dir}", {}, "save_s"):
-        out_dir = save_pruned(
-            model,
-            out_dir,
-            result,
-            image_processor=processor,
-            format=args.format,
-            overwrite=args.overwrite,
-            source=_source(src, args.model),
-            calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
-            evaluation=evaluation,
-        )
-    if args.push_to_hub:
-        with output.phase(f"uploading to {args.push_to_hub}", {}, "push_s"):
-            url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+    out_dir, url = common.save_and_push(
+        args,
+        model,
+        out_dir,
+        result,
+        processor,
+        {},
+        source=_source(src, args.model),
+        calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
+        evaluation=evaluation,
+    )
     return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
-from ..checkpoint import check_output_dir, save_pruned
+from ..checkpoint import check_output_dir
 from ..config import SCOPES
-from ..hub import push_to_hub
 from ..methods import METHODS, px
 from . import common, output, parsing
 from .resolve import (
@@ -133,21 +132,17 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
     url = None
     if acc.is_main_process:
-        with output.phase(f"saving to {out_dir}", timings, "save_s"):
-            out_dir = save_pruned(
-                model,
-                out_dir,
-                result,
-                image_processor=processor,
-                format=args.format,
-                overwrite=args.overwrite,
-                source=source_info(args.model),
-                calibration={k: v for k, v in calib_info.items() if v is not None},
-                evaluation=evaluation,
-            )
-        if args.push_to_hub:
-            with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
-                url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+        out_dir, url = common.save_and_push(
+            args,
+            model,
+            out_dir,
+            result,
+            processor,
+            timings,
+            source=source_info(args.model),
+            calibration={k: v for k, v in calib_info.items() if v is not None},
+            evaluation=evaluation,
+        )
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
