@@ -19,12 +19,12 @@ from conftest import subprocess_env
 
 from hf_px import HfPxError, compute_scores
 from hf_px import distributed as dist_mod
+from hf_px.calibration import digits_dataset
 from hf_px.distributed import (
     Reducer,
     check_not_offloaded,
     check_same_weights,
     check_world_size,
-    digits_dataset,
     make_accelerator,
     make_reducer,
 )
