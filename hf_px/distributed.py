@@ -208,7 +208,7 @@ def check_world_size(accelerator: Any) -> None:
     if launched != seen:
         hint = (
             "create the Accelerator with cpu=True on a machine without GPU "
-            "(hf_px.calibration.make_accelerator does)"
+            "(hf_px.distributed.make_accelerator does)"
             if seen == 1
             else _LAUNCH_FIX
         )
