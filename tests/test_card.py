@@ -153,7 +153,7 @@ def test_card_snippet_runs_as_written(tmp_path, storage):
         from transformers import ViTImageProcessor
 
         processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    out = hf_px.savepruned(
+    out = hf_px.save_pruned(
         model, tmp_path / "ckpt", result, format=storage, image_processor=processor
     )
     text = (out / "README.md").read_text()
