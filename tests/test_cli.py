@@ -328,6 +328,8 @@ def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
     [
         (["prune", "m", "--sparsity", "0.9", "--method", "pxx"], "invalid choice"),
         (["prune", "m", "--sparsity", "0.9", "--px-bn", "rms", "--method", "snip"], "--px-bn"),
+        (["prune", "m", "--sparsity", "0.9", "--px-norm", "gate", "--method", "snip"], "--px-norm"),
+        (["prune", "m", "--sparsity", "0.9", "--px-norm", "layer"], "invalid choice"),
         (
             ["prune", "m", "--sparsity", "0.9", "--px-refresh", "0.3", "--method", "snip"],
             "--px-refresh",

@@ -46,6 +46,10 @@ def _check_args(args: argparse.Namespace) -> Path:
         f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
     )
     common.error_if(
+        args.px_norm is not None and args.method != "px",
+        f"--px-norm only applies to --method px (got --method {args.method}); drop --px-norm",
+    )
+    common.error_if(
         args.px_refresh is not None and args.method != "px",
         f"--px-refresh only applies to --method px (got --method {args.method}); drop it",
     )
@@ -230,6 +234,8 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
     options: dict[str, Any] = {}
     if args.px_bn is not None:
         options["bn"] = args.px_bn
+    if args.px_norm is not None:
+        options["norm"] = args.px_norm
     if args.px_refresh is not None:
         options["refresh"] = args.px_refresh
     if args.min_density_ratio is not None:
@@ -345,6 +351,12 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         "--px-bn",
         choices=px.BN_MODES,
         help=f"PX BatchNorm treatment in the auxiliary nets (default: {px.DEFAULTS['bn']})",
+    )
+    p.add_argument(
+        "--px-norm",
+        choices=px.NORM_MODES,
+        help="PX LayerNorm/GroupNorm treatment in the auxiliary nets "
+        f"(default: {px.DEFAULTS['norm']})",
     )
     p.add_argument(
         "--px-refresh",
