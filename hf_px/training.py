@@ -206,6 +206,9 @@ def finetune(
     ``pruned_weights_nonzero`` counts pruned weights that are not 0.0 after
     training (0 unless something outside this loop wrote to them), ``sparsity``
     the fraction of masked weights that the masks prune.
+
+    One function on purpose: the epoch loop (reshuffle, step, mask, record) reads
+    top to bottom.
     """
     batches = list(train_batches)
     _check_batches(batches)
@@ -342,6 +345,9 @@ def trainer_finetune(
     "epoch_losses", "first_loss", "final_loss", "steps", "eval_before", "eval_after",
     "pruned_weights_nonzero", "train_s", "num_processes"}``; ``eval_*`` are None without
     `eval_dataset`, else ``{"accuracy", "loss", "num_samples"}``.
+
+    Longer than most on purpose: building the Trainer, the evaluations around
+    training and the temporary folder's clean-up share one ``try``/``finally``.
     """
     import shutil
     import tempfile
