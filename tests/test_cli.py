@@ -42,15 +42,14 @@ def in_process(monkeypatch):
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    return subprocess_env(
-        drop=("HF_", "ACCELERATE_"),
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(tmp / "hf_home"),
-        OMP_NUM_THREADS="2",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(ROOT),
-        **extra,
-    )
+    values = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp / "hf_home"),
+        "OMP_NUM_THREADS": "2",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess_env(drop=("HF_", "ACCELERATE_"), **{**values, **extra})
 
 
 def hfpx(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
