@@ -86,6 +86,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+FORMATS = ("dense", "bitmask")  # how a checkpoint stores its weights (hf_px.checkpoint)
+
+
 @dataclass
 class PruningConfig:
     """Everything needed to reproduce a pruning run; saved beside checkpoints.

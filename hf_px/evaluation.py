@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .calibration.distributed import make_reducer
+from .distributed import make_reducer
 from .errors import HfPxError
 
 _DEFAULT_NAME = re.compile(r"^LABEL_\d+$")

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, get_adapter
-from .calibration.distributed import check_not_offloaded, make_reducer
 from .config import PruningConfig, PruningResult
+from .distributed import check_not_offloaded, make_reducer
 from .errors import HfPxError
 from .masks import keep_counts, select_global, select_layerwise
+from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
 
@@ -45,8 +46,7 @@ def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> li
     if isinstance(batches, dict):
         raise HfPxError("`batches` must be an iterable of dicts, not one dict; wrap it in a list")
     out = list(batches)
-    needs = method.needs_data or method.name == "synflow"
-    if needs and not out:
+    if method.needs_batches and not out:
         raise HfPxError(
             f"method {method.name!r} needs calibration data but `batches` is empty; "
             "pass at least one batch of pixel_values"
@@ -79,23 +79,12 @@ def _prunable(model: nn.Module, adapter: Adapter, exclude: Iterable[str]) -> dic
 
 
 def _check_masks(masks: dict[str, torch.Tensor] | None, params: dict) -> dict[str, torch.Tensor]:
-    if masks is None:
-        return {
-            n: torch.ones(p.shape, dtype=torch.bool, device=p.device) for n, p in params.items()
-        }
-    out = {}
-    for n, p in params.items():
-        m = masks.get(n)
-        if m is None:
-            out[n] = torch.ones(p.shape, dtype=torch.bool, device=p.device)
-            continue
-        if tuple(m.shape) != tuple(p.shape):
-            raise HfPxError(f"mask for {n!r} has shape {tuple(m.shape)}, expected {tuple(p.shape)}")
-        out[n] = m.to(device=p.device, dtype=torch.bool)
-    unknown = sorted(set(masks) - set(params))
-    if unknown:
-        raise HfPxError(f"masks given for non-prunable parameters {unknown[:3]}; drop them")
-    return out
+    """The given masks, checked, and all-True masks for the prunable parameters without one."""
+    given = check_masks(masks or {}, params, fix="drop it", kind="prunable parameter")
+    return {
+        n: given.get(n, torch.ones(p.shape, dtype=torch.bool, device=p.device))
+        for n, p in params.items()
+    }
 
 
 def _score(method: Method, ctx: ScoringContext, batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -170,13 +159,12 @@ def prune(
     published default (px, synflow: 100; the one-shot methods: 1).
     ``min_density_ratio`` is the collapse guard of :mod:`hf_px.masks.threshold`
     (0 = reference behaviour).
+
+    Longer than most functions here on purpose: the round loop (score, threshold,
+    record, report progress) reads top to bottom in one place.
     """
-    if config is not None and not isinstance(config, PruningConfig):
-        raise HfPxError(
-            "config must be a PruningConfig, e.g. PruningConfig(sparsity=0.9) or "
-            "PruningConfig.from_pretrained(checkpoint_dir)"
-        )
-    cfg = (config or PruningConfig()).merged(
+    cfg = _settings(
+        config,
         sparsity=sparsity,
         method=method,
         rounds=rounds,
@@ -245,11 +233,7 @@ def prune(
         **{f"scoring_{k}": v for k, v in sorted(cache.timings.items())},
         "threshold_s": threshold_s,
     }
-    with torch.no_grad():
-        for n, p in params.items():
-            p.mul_(masks[n].to(p.dtype))
-            # exactly +0.0 where pruned (θ·0 is −0.0 for negative θ)
-            p.masked_fill_(~masks[n], 0.0)
+    _zero_pruned(params, masks)
     config = dataclasses.replace(
         cfg,
         rounds=rounds,
@@ -263,6 +247,23 @@ def prune(
         timings=timings,
         history=history,
     )
+
+
+def _settings(config: PruningConfig | None, **overrides: Any) -> PruningConfig:
+    """`config` (default ``PruningConfig()``) with every override that is not None."""
+    if config is not None and not isinstance(config, PruningConfig):
+        raise HfPxError(
+            "config must be a PruningConfig, e.g. PruningConfig(sparsity=0.9) or "
+            "PruningConfig.from_pretrained(checkpoint_dir)"
+        )
+    return (config or PruningConfig()).merged(**overrides)
+
+
+@torch.no_grad()
+def _zero_pruned(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+    for n, p in params.items():
+        p.mul_(masks[n].to(p.dtype))
+        p.masked_fill_(~masks[n], 0.0)  # exactly +0.0 where pruned (θ·0 is −0.0 for θ < 0)
 
 
 def _jsonable(v: Any) -> bool:

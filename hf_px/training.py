@@ -19,7 +19,10 @@ what :func:`hf_px.prune` returns in ``PruningResult.masks``.
 * :class:`MaskedTrainingCallback` does 1 in ``on_pre_optimizer_step`` (after
   gradient clipping) and 3 in ``on_optimizer_step`` of a `transformers.Trainer`.
 * :func:`masked_step` does 1–3 for a plain PyTorch loop; :func:`finetune` is
-  such a loop (used by ``hf-px finetune``).
+  such a loop (the Python API, kept for batches already in memory).
+* :func:`trainer_finetune` runs a `transformers.Trainer` with the callback on a
+  `datasets.Dataset` (what ``hf-px finetune`` uses: logging, evaluation, gradient
+  accumulation, mixed precision, data parallelism under torchrun/accelerate).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from transformers import TrainerCallback
 
 from .config import PruningResult
 from .errors import HfPxError
+from .masks.check import check_masks
 from .methods.base import cross_entropy, logits_of
 
 logger = logging.getLogger(__name__)
@@ -64,22 +68,8 @@ def bind_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tupl
     """
     masks = as_masks(masks)
     params = dict(model.named_parameters())
-    bound = []
-    for name, mask in masks.items():
-        p = params.get(name)
-        if p is None:
-            raise HfPxError(
-                f"mask for {name!r} names no parameter of the model; "
-                "use the masks saved with this model's checkpoint"
-            )
-        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(p.shape):
-            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise HfPxError(
-                f"mask for {name!r} has shape {shape}, expected {tuple(p.shape)}; "
-                "use the masks saved with this model's checkpoint"
-            )
-        bound.append((p, mask.to(device=p.device, dtype=torch.bool)))
-    return bound
+    fix = "use the masks saved with this model's checkpoint"
+    return [(params[n], m) for n, m in check_masks(masks, params, fix=fix).items()]
 
 
 @torch.no_grad()
@@ -219,6 +209,9 @@ def finetune(
     ``pruned_weights_nonzero`` counts pruned weights that are not 0.0 after
     training (0 unless something outside this loop wrote to them), ``sparsity``
     the fraction of masked weights that the masks prune.
+
+    One function on purpose: the epoch loop (reshuffle, step, mask, record) reads
+    top to bottom.
     """
     batches = list(train_batches)
     _check_batches(batches)
@@ -355,56 +348,36 @@ def trainer_finetune(
     "epoch_losses", "first_loss", "final_loss", "steps", "eval_before", "eval_after",
     "pruned_weights_nonzero", "train_s", "num_processes"}``; ``eval_*`` are None without
     `eval_dataset`, else ``{"accuracy", "loss", "num_samples"}``.
+
+    Longer than most on purpose: building the Trainer, the evaluations around
+    training and the temporary folder's clean-up share one ``try``/``finally``.
     """
     import shutil
     import tempfile
 
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
-    if optimizer not in OPTIMIZERS:
-        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise HfPxError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise HfPxError("gradient_accumulation_steps must be a positive integer")
-    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
-        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+    _check_settings(
+        optimizer, epochs, batch_size, gradient_accumulation_steps, learning_rate, weight_decay
+    )
     masks = as_masks(masks)
     own_dir = work_dir is None
     work = work_dir or tempfile.mkdtemp(prefix="hf-px-trainer-")
     try:
-        try:
-            args = TrainingArguments(
-                output_dir=work,
-                num_train_epochs=epochs,
-                learning_rate=float(learning_rate),
-                per_device_train_batch_size=batch_size,
-                per_device_eval_batch_size=batch_size,
-                gradient_accumulation_steps=gradient_accumulation_steps,
-                weight_decay=float(weight_decay),
-                optim="adamw_torch" if optimizer == "adamw" else "sgd",
-                optim_args=None if optimizer == "adamw" else f"momentum={momentum}",
-                lr_scheduler_type="cosine",
-                max_grad_norm=max_grad_norm,
-                bf16=bf16,
-                use_cpu=not torch.cuda.is_available(),
-                seed=seed,
-                data_seed=seed,
-                logging_strategy="epoch",
-                eval_strategy="no",
-                save_strategy="no",
-                report_to=[],
-                remove_unused_columns=False,
-                dataloader_num_workers=0,
-                disable_tqdm=quiet,
-                ddp_find_unused_parameters=False,
-            )
-        except (ValueError, ImportError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise HfPxError(f"invalid training settings ({first}); drop --bf16 or fix it") from None
+        args = _training_arguments(
+            work,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            max_grad_norm=max_grad_norm,
+            bf16=bf16,
+            seed=seed,
+            quiet=quiet,
+        )
         trainer = Trainer(
             model=model,
             args=args,
@@ -443,6 +416,62 @@ def trainer_finetune(
         "train_s": train_s,
         "num_processes": int(args.world_size),
     }
+
+
+def _check_settings(
+    optimizer: str,
+    epochs: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    learning_rate: float,
+    weight_decay: float,
+) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise HfPxError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
+        raise HfPxError("gradient_accumulation_steps must be a positive integer")
+    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
+        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
+        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+
+
+def _training_arguments(work: str, *, optimizer: str, momentum: float, **settings: Any) -> Any:
+    """Trainer's settings for a masked fine-tune: cosine decay, nothing saved or reported."""
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(
+            output_dir=work,
+            num_train_epochs=settings["epochs"],
+            learning_rate=float(settings["learning_rate"]),
+            per_device_train_batch_size=settings["batch_size"],
+            per_device_eval_batch_size=settings["batch_size"],
+            gradient_accumulation_steps=settings["gradient_accumulation_steps"],
+            weight_decay=float(settings["weight_decay"]),
+            optim="adamw_torch" if optimizer == "adamw" else "sgd",
+            optim_args=None if optimizer == "adamw" else f"momentum={momentum}",
+            lr_scheduler_type="cosine",
+            max_grad_norm=settings["max_grad_norm"],
+            bf16=settings["bf16"],
+            use_cpu=not torch.cuda.is_available(),
+            seed=settings["seed"],
+            data_seed=settings["seed"],
+            logging_strategy="epoch",
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            disable_tqdm=settings["quiet"],
+            ddp_find_unused_parameters=False,
+        )
+    except (ValueError, ImportError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise HfPxError(f"invalid training settings ({first}); drop --bf16 or fix it") from None
 
 
 def _evaluate(trainer: Any, dataset: Any) -> dict[str, Any] | None:

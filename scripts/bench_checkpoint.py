@@ -151,7 +151,7 @@ def main() -> None:
                 result = hf_px.prune(model, [], s, method="magnitude", rounds=1)
                 dirs = {}
                 save_s = {}
-                for fmt in ("dense", "bitmask"):
+                for fmt in hf_px.checkpoint.FORMATS:
                     t0 = time.perf_counter()
                     dirs[fmt] = hf_px.save_pruned(
                         model, Path(tmp) / f"{name}-{s}-{fmt}", result, format=fmt, card=False

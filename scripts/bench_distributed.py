@@ -48,14 +48,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from hf_px import compute_scores
-    from hf_px.calibration import (
+    from hf_px.calibration import default_image_processor, load_calibration_batches
+    from hf_px.distributed import (
+        AccelerateReducer,
         check_same_weights,
-        default_image_processor,
-        load_calibration_batches,
         make_accelerator,
         make_reducer,
     )
-    from hf_px.calibration.distributed import AccelerateReducer
 
     torch.set_num_threads(args.threads)
     accelerator = make_accelerator()

@@ -74,6 +74,7 @@ def row(model_type: str) -> dict:
         prunable_tensors=len(adapter.prunable_parameters(model)),
         kept_dense_tensors=generic - len(adapter.prunable_parameters(model)),
         kept_dense_why=[why for _, why in adapter.unscorable],
+        px_attention_blocks=len(adapter.attention(model)),
         float64_rescoring=any("float64" in m for m in capture.messages),
         seconds=round(time.perf_counter() - t0, 2),
     )
@@ -109,15 +110,19 @@ def markdown(rows: list[dict]) -> str:
         "with a warning, because no score can rank them (reason below the table). "
         "*float64*: PX's float32 kernel net underflowed to 0 for whole tensors on the "
         "random-init config and the scores were recomputed in float64 (see "
-        "docs/method.md); trained weights are larger and rarely need it.",
+        "docs/method.md); trained weights are larger and rarely need it. *PX attention*: "
+        "attention blocks whose probabilities PX reads as gates (transformers' attention "
+        "interface; query/key then scored by gate sensitivity); other attentions compute "
+        "their softmax inline and are scored through it as ordinary functions.",
         "",
-        "| model type | outcome | adapter | prunable tensors | kept dense | float64 | note |",
-        "|---|---|---|---|---|---|---|",
+        "| model type | outcome | adapter | prunable tensors | kept dense | float64 "
+        "| PX attention | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     reasons: dict[str, str] = {}
     for r in rows:
         if r["outcome"] == "refused":
-            lines.append(f"| `{r['model_type']}` | refused | | | | | {r['why']} |")
+            lines.append(f"| `{r['model_type']}` | refused | | | | | | {r['why']} |")
             continue
         note = "; ".join(r["problems"][:2])
         for why in r["kept_dense_why"]:
@@ -125,7 +130,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| `{r['model_type']}` | {r['outcome']} | {r['adapter']} | "
             f"{r['prunable_tensors']} | {r['kept_dense_tensors'] or ''} | "
-            f"{'yes' if r['float64_rescoring'] else ''} | {note} |"
+            f"{'yes' if r['float64_rescoring'] else ''} | {r['px_attention_blocks'] or ''} "
+            f"| {note} |"
         )
     if reasons:
         lines += ["", "Kept dense, by adapter:", ""]

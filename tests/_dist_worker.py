@@ -49,7 +49,7 @@ CASES: list[tuple[str, Any, str, dict, int]] = [
 def run_cases(accelerator: Any = None) -> dict[str, Any]:
     """Scores and masks of every case; with `accelerator`, sharded over its processes."""
     from hf_px import compute_scores, prune
-    from hf_px.calibration import check_same_weights, make_reducer
+    from hf_px.distributed import check_same_weights, make_reducer
 
     reducer = make_reducer(accelerator)
     batches = uneven_batches()
@@ -77,7 +77,8 @@ def run_cases(accelerator: Any = None) -> dict[str, Any]:
 
 def reducer_checks(accelerator: Any) -> dict[str, Any]:
     """Collectives with rank-dependent inputs, and a weight mismatch on rank 1."""
-    from hf_px.calibration import check_same_weights, distributed, make_reducer
+    from hf_px import distributed
+    from hf_px.distributed import check_same_weights, make_reducer
     from hf_px.errors import HfPxError
 
     reducer = make_reducer(accelerator)
@@ -114,14 +115,14 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir = Path(argv[0])
-    from hf_px.calibration import make_accelerator
+    from hf_px.distributed import make_accelerator
     from hf_px.errors import HfPxError
 
     if "--plain-accelerator" in argv:
         # what a user gets from `Accelerator()` on a machine without GPU
         from accelerate import Accelerator
 
-        from hf_px.calibration import make_reducer
+        from hf_px.distributed import make_reducer
 
         try:
             make_reducer(Accelerator())

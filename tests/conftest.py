@@ -1,8 +1,13 @@
-"""Fixtures: tiny models built from configs, tiny hand-built nets, batches."""
+"""Fixtures and helpers shared by the tests: tiny models built from configs, tiny
+hand-built nets, batches, pruned models, bit views, subprocess environments, scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -78,3 +83,55 @@ def make_batches(n_batches: int = 2, batch_size: int = 4, size: int = 32, classe
 @pytest.fixture
 def batches():
     return make_batches()
+
+
+def pruned(builder=tiny_vit, sparsity: float = 0.9, **kw):
+    """(model, result): a tiny model pruned by magnitude in one round (fast, data-free)."""
+    import hf_px
+
+    model = builder(**kw)
+    result = hf_px.prune(model, make_batches(), sparsity, method="magnitude", rounds=1)
+    return model, result
+
+
+_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers: compares -0.0, NaN payloads and subnormals exactly."""
+    return t.detach().contiguous().view(_INT[t.element_size()])
+
+
+def sparse(shape, density: float, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    """A random tensor with about `density` of its entries non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        t = torch.randint(1, 256, shape, generator=g, dtype=torch.uint8)
+    else:
+        t = torch.randn(shape, generator=g).to(dtype)
+    keep = torch.rand(shape, generator=g) < density
+    return torch.where(keep, t, torch.zeros((), dtype=dtype))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def subprocess_env(*, drop: tuple[str, ...] = ("ACCELERATE_",), **values: str) -> dict[str, str]:
+    """The environment for a child process: ours without launcher variables and those
+    starting with `drop`, this checkout first on PYTHONPATH, then `values`."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(drop)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.update(values)
+    return env
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module, without putting scripts/ on sys.path."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module

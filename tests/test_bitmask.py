@@ -6,22 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import bits, sparse
 
 from hf_px.checkpoint import bitmask
 from hf_px.errors import HfPxError
-
-_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(_INT[t.element_size()])
-
-
-def sparse(shape, density: float, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(shape, generator=g).to(dtype)
-    keep = torch.rand(shape, generator=g) < density
-    return torch.where(keep, t, torch.zeros((), dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

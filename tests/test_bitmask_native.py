@@ -11,32 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_batches, tiny_vit
+from conftest import bits, pruned, sparse, tiny_vit
 from transformers import AutoModelForImageClassification
 
 import hf_px
 from hf_px.checkpoint import bitmask
 from hf_px.errors import HfPxError
 
-_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
 needs_native = pytest.mark.skipif(
     bitmask._NATIVE is None, reason="hf_px.checkpoint._bitmask_ext was not built (no C compiler)"
 )
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view(_INT[t.element_size()])
-
-
-def sparse(shape, density: float, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.uint8:
-        t = torch.randint(1, 256, shape, generator=g, dtype=torch.uint8)
-    else:
-        t = torch.randn(shape, generator=g).to(dtype)
-    keep = torch.rand(shape, generator=g) < density
-    return torch.where(keep, t, torch.zeros((), dtype=dtype))
 
 
 @pytest.fixture(params=["native", "numpy"])
@@ -206,8 +190,7 @@ def test_from_pretrained_waits_for_background_decoding(decoder, monkeypatch, tmp
     monkeypatch.setattr(bitmask, "MIN_PART", 32)
     slow = SlowPool()
     monkeypatch.setattr(bitmask, "_pool", lambda threads: slow)
-    model = tiny_vit()
-    result = hf_px.prune(model, make_batches(), 0.7, method="magnitude", rounds=1)
+    model, result = pruned(tiny_vit, 0.7)
     out = hf_px.save_pruned(model, tmp_path / "m", result, format="bitmask", card=False)
     for _ in range(3):
         loaded = AutoModelForImageClassification.from_pretrained(out)
@@ -218,8 +201,7 @@ def test_from_pretrained_waits_for_background_decoding(decoder, monkeypatch, tmp
 def test_corrupt_checkpoint_fails_from_pretrained(decoder, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    model = tiny_vit()
-    result = hf_px.prune(model, make_batches(), 0.95, method="magnitude", rounds=1)
+    model, result = pruned(tiny_vit, 0.95)
     out = hf_px.save_pruned(model, tmp_path / "m", result, format="bitmask", card=False)
     tensors = load_file(out / "model.safetensors")
     name = next(k for k in tensors if k.endswith("_hfpx_index"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PixelNet, make_batches, tiny_convnext, tiny_resnet, tiny_vit
+from conftest import PixelNet, make_batches, pruned, tiny_convnext, tiny_resnet, tiny_vit
 from huggingface_hub import ModelCard
 from PIL import Image
 from torch import nn
@@ -22,12 +22,6 @@ from hf_px.card import CHART_NAME, count_macs, looks_like_hub_id, template_path,
 from hf_px.errors import HfPxError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pruned(factory=tiny_vit, sparsity=0.9):
-    model = factory()
-    result = hf_px.prune(model, make_batches(), sparsity, method="magnitude", rounds=1)
-    return model, result
 
 
 def _leaks(text: str, *paths: Path) -> list[str]:
@@ -43,7 +37,7 @@ def _leaks(text: str, *paths: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def vit_card(tmp_path_factory):
-    model, result = _pruned()
+    model, result = pruned()
     out = tmp_path_factory.mktemp("card") / "vit-px"
     path = write_card(
         out,
@@ -153,7 +147,7 @@ def test_template_is_shipped_and_identical_to_source():
 def test_card_snippet_runs_as_written(tmp_path, storage):
     """The card's snippet, run as written in a fresh interpreter in the folder, loads it
     (dense: without hf_px ever imported; bitmask: `import hf_px` comes first)."""
-    model, result = _pruned()
+    model, result = pruned()
     processor = None
     if storage == "dense":  # with an image processor saved, the card points to it
         from transformers import ViTImageProcessor
@@ -191,7 +185,7 @@ def test_card_snippet_runs_as_written(tmp_path, storage):
 
 
 def test_bitmask_card_names_the_repo_when_known(tmp_path):
-    model, result = _pruned()
+    model, result = pruned()
     path = write_card(tmp_path, model=model, result=result, format="bitmask", repo_id="me/vit-px")
     text = path.read_text()
     assert 'model_id = "me/vit-px"' in text
@@ -290,7 +284,7 @@ def test_macs_match_the_hand_count():
 
 @pytest.mark.parametrize("factory, label", [(tiny_resnet, "ResNet"), (tiny_convnext, "ConvNext")])
 def test_cnn_cards(tmp_path, factory, label):
-    model, result = _pruned(factory, 0.8)
+    model, result = pruned(factory, 0.8)
     path = write_card(tmp_path, model=model, result=result)
     text = path.read_text()
     assert f"A {label} image classifier" in text
@@ -300,7 +294,7 @@ def test_cnn_cards(tmp_path, factory, label):
 
 
 def test_bad_format_is_refused(tmp_path):
-    model, result = _pruned()
+    model, result = pruned()
     with pytest.raises(HfPxError, match="choose 'dense' or 'bitmask'"):
         write_card(tmp_path, model=model, result=result, format="zip")
     assert not any(tmp_path.iterdir())

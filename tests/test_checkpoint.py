@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_batches, tiny_convnext, tiny_resnet, tiny_vit
+from conftest import bits, make_batches, pruned, tiny_convnext, tiny_resnet, tiny_vit
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
@@ -19,18 +19,7 @@ import hf_px
 from hf_px import HfPxError, HfPxFailure, save_pruned
 from hf_px.checkpoint import inspect_checkpoint, load_model
 
-_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().contiguous().view(_INT[t.element_size()])
-
-
-def pruned(builder=tiny_vit, sparsity=0.9, **kw):
-    model = builder(**kw)
-    result = hf_px.prune(model, make_batches(), sparsity, method="magnitude", rounds=1)
-    return model, result
 
 
 def assert_same_bits(expected: dict, got: dict) -> None:

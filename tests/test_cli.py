@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import PixelNet, tiny_vit
+from conftest import subprocess_env, tiny_vit
 
 from hf_px.cli.main import run
 from hf_px.cli.resolve import SHIPPED, default_output_dir, model_name, sparsity_tag
 from hf_px.errors import HfPxError
-from hf_px.evaluation import evaluate, label_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,18 +42,14 @@ def in_process(monkeypatch):
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "ACCELERATE_"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(tmp / "hf_home"),
-        OMP_NUM_THREADS="2",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(ROOT),
-    )
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
+    values = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp / "hf_home"),
+        "OMP_NUM_THREADS": "2",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess_env(drop=("HF_", "ACCELERATE_"), **{**values, **extra})
 
 
 def hfpx(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
@@ -333,6 +327,8 @@ def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
     [
         (["prune", "m", "--sparsity", "0.9", "--method", "pxx"], "invalid choice"),
         (["prune", "m", "--sparsity", "0.9", "--px-bn", "rms", "--method", "snip"], "--px-bn"),
+        (["prune", "m", "--sparsity", "0.9", "--px-norm", "gate", "--method", "snip"], "--px-norm"),
+        (["prune", "m", "--sparsity", "0.9", "--px-norm", "layer"], "invalid choice"),
         (
             ["prune", "m", "--sparsity", "0.9", "--px-refresh", "0.3", "--method", "snip"],
             "--px-refresh",
@@ -356,7 +352,7 @@ def test_debug_shows_the_traceback(tmp_path):
         run(["prune", "m", "--sparsity", "90", "--debug"])
 
 
-# -- in-process: the output-dir rule and evaluation --------------------------------------------
+# -- in-process: the output-dir rule -----------------------------------------------------------
 def test_output_dir_names():
     assert model_name("google/vit-base-patch16-224") == "vit-base-patch16-224"
     assert model_name("./models/my-resnet/") == "my-resnet"
@@ -365,48 +361,6 @@ def test_output_dir_names():
         "vit-base-patch16-224-px90"
     )
     assert SHIPPED["px-digits-resnet"].joinpath("model.safetensors").is_file()
-
-
-def _two_class_net() -> PixelNet:
-    net = PixelNet(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
-    with torch.no_grad():
-        net.body[1].weight.copy_(torch.eye(2))
-    return net
-
-
-def test_evaluate_accuracy_and_loss_by_hand():
-    net = _two_class_net()
-    x = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [1.0, 0.0]]).view(4, 2, 1, 1)
-    y = torch.tensor([0, 1, 1, 0])
-    got = evaluate(
-        net, [{"pixel_values": x[:2], "labels": y[:2]}, {"pixel_values": x[2:], "labels": y[2:]}]
-    )
-    logits = x.view(4, 2)
-    expected_loss = float(torch.nn.functional.cross_entropy(logits, y))
-    assert got["accuracy"] == 0.75 and got["correct"] == 3 and got["num_samples"] == 4
-    assert got["loss"] == pytest.approx(expected_loss)
-
-
-def test_evaluate_maps_dataset_labels_to_the_models_by_name():
-    net = _two_class_net()
-    net.config = type("C", (), {"id2label": {0: "cat", 1: "dog"}, "num_labels": 2})()
-    x = torch.tensor([[3.0, 0.0], [0.0, 3.0]]).view(2, 2, 1, 1)
-    # the data set calls "dog" 0 and "cat" 1: right predictions once mapped by name
-    batches = [{"pixel_values": x, "labels": torch.tensor([1, 0])}]
-    assert evaluate(net, batches, label_names=["Dog", "cat"])["accuracy"] == 1.0
-    assert evaluate(net, batches)["accuracy"] == 0.0  # ids taken as they are
-    assert label_mapping(net, ["cat", "dog"]) is None
-    with pytest.raises(HfPxError, match="not among the model's labels"):
-        evaluate(net, batches, label_names=["dog", "horse"])
-
-
-def test_evaluate_leaves_the_mode_and_rejects_unlabelled_batches():
-    net = _two_class_net().train()
-    x = torch.ones(2, 2, 1, 1)
-    evaluate(net, [{"pixel_values": x, "labels": torch.tensor([0, 1])}])
-    assert net.training
-    with pytest.raises(HfPxError, match="labels"):
-        evaluate(net, [{"pixel_values": x}])
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -15,36 +15,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 from hf_px import HfPxError, compute_scores
-from hf_px.calibration import (
+from hf_px import distributed as dist_mod
+from hf_px.calibration import digits_dataset
+from hf_px.distributed import (
     Reducer,
     check_not_offloaded,
     check_same_weights,
     check_world_size,
-    digits_dataset,
     make_accelerator,
     make_reducer,
 )
-from hf_px.calibration import distributed as dist_mod
 
 WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
 ROOT = WORKER.parents[1]
-sys.path.insert(0, str(WORKER.parent))
-import _dist_worker as worker  # noqa: E402
+import _dist_worker as worker  # noqa: E402  (tests/ is on sys.path, as for conftest)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-        and not k.startswith("ACCELERATE_")
-    }
     # one thread everywhere: the 1-process reference then runs the same kernels
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+    return subprocess_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
 
 
 def _free_port() -> int:
@@ -186,7 +178,7 @@ def test_accelerate_launch_cpu_flag_pair_is_refused(tmp_path):
     out = tmp_path / "cpu"
     out.mkdir()
     code = (
-        "import sys; from hf_px.calibration import make_accelerator; from hf_px import HfPxError\n"
+        "import sys; from hf_px.distributed import make_accelerator; from hf_px import HfPxError\n"
         "try:\n    make_accelerator()\nexcept HfPxError as e:\n"
         f"    open({str(out / 'err.txt')!r}, 'w').write(str(e))\n"
     )

@@ -5,28 +5,17 @@ loaders accept (skipped where the package is not installed)."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "fashion_mnist", ROOT / "scripts" / "fashion_mnist.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fashion_mnist", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fm = _load()
+fm = load_script("fashion_mnist")
 needs_package = pytest.mark.skipif(
     not fm.available(),
     reason=f"Debian package {fm.PACKAGE} not installed (make fashion-mnist installs it)",

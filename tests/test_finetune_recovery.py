@@ -9,12 +9,12 @@ one class's statistics, and both numbers get worse — this test catches that.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from hf_px import prune, recalibrate_batchnorm
 from hf_px.calibration import digits_dataset, load_labelled_batches
@@ -27,12 +27,7 @@ SHIPPED = ROOT / "hf_px" / "assets" / "digits-resnet"
 
 
 def _split():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from train_digits_model import split_indices
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return split_indices(np.asarray(digits_dataset()["label"]))
+    return load_script("train_digits_model").split_indices(np.asarray(digits_dataset()["label"]))
 
 
 def _image_folder(root: Path, indices) -> Path:

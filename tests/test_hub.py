@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_batches, tiny_vit
+from conftest import pruned, subprocess_env, tiny_vit
 from hub_server import HubServer
 from safetensors.torch import load_file
 
@@ -92,8 +91,7 @@ def hub():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny pruned ViT written as a checkpoint folder (weights, configs, card)."""
-    model = tiny_vit()
-    result = hf_px.prune(model, make_batches(), 0.9, method="magnitude", rounds=1)
+    model, result = pruned(tiny_vit, 0.9)
     out = tmp_path_factory.mktemp("ckpt") / "tiny-vit-px90"
     hf_px.save_pruned(
         model,
@@ -107,8 +105,8 @@ def checkpoint(tmp_path_factory):
 
 
 def _env(hub_url: str, home: Path, token: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
-    env.update(
+    env = subprocess_env(
+        drop=("HF_", "HUGGINGFACE"),
         HF_ENDPOINT=hub_url,
         HF_HOME=str(home),
         HF_HUB_OFFLINE="0",
@@ -351,8 +349,7 @@ def test_bad_input_is_refused_before_any_request(checkpoint, tmp_path):
 def test_bitmask_checkpoint_round_trips_through_the_hub(hub, tmp_path):
     """The small format on the Hub: `import hf_px` + from_pretrained(repo_id) in a fresh
     cache gives the pruned weights bit for bit."""
-    model = tiny_vit(seed=1)
-    result = hf_px.prune(model, make_batches(), 0.95, method="magnitude", rounds=1)
+    model, result = pruned(tiny_vit, 0.95, seed=1)
     folder = hf_px.save_pruned(model, tmp_path / "bitmask", result, format="bitmask")
     proc = _push_cli(hub.url, tmp_path, folder, f"{USER}/tiny-vit-bitmask")
     assert proc.returncode == 0, proc.stderr

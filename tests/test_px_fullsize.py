@@ -1,26 +1,21 @@
-"""Issue-3 constraints on full-size configs (random init, small images). Slow:
+"""PX's constraints on full-size configs (random init, small images). Slow:
 run with `pytest -m slow tests/test_px_fullsize.py`."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
+from conftest import load_script
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-
-from hf_px import compute_scores, prune  # noqa: E402
+from hf_px import compute_scores, prune
 
 FAMILIES = ["vit-base", "deit-small", "convnext-tiny", "resnet50"]
 
 
 def _setup(family):
-    from _bench_models import batches, build
-
+    models = load_script("_bench_models")
     size = 64 if family in ("resnet50", "convnext-tiny") else 32
-    return build(family, size), batches(1, 4, size)
+    return models.build(family, size), models.batches(1, 4, size)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ Full-size configs run in `test_px_fullsize.py` (slow).
 from __future__ import annotations
 
 import pytest
+import tiny_families
 import torch
 from conftest import make_batches, tiny_convnext, tiny_resnet, tiny_vit
 
@@ -14,35 +15,11 @@ from hf_px.adapters import get_adapter
 
 
 def tiny_deit(seed=0):
-    from transformers import DeiTConfig, DeiTForImageClassification
-
-    torch.manual_seed(seed)
-    cfg = DeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    return DeiTForImageClassification(cfg).eval()
+    return tiny_families.build("deit", seed)
 
 
 def tiny_swin(seed=0):
-    from transformers import SwinConfig, SwinForImageClassification
-
-    torch.manual_seed(seed)
-    cfg = SwinConfig(
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[2, 1],
-        num_heads=[2, 2],
-        window_size=4,
-        num_labels=3,
-    )
-    return SwinForImageClassification(cfg).eval()
+    return tiny_families.build("swin", seed)
 
 
 FAMILIES = {

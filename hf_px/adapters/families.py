@@ -73,3 +73,18 @@ class CvtAdapter(Adapter):
             _INLINE_QK,
         ),
     )
+
+
+@register_adapter
+class PvtAdapter(Adapter):
+    """Spatial-reduction attention (keys/values from a strided conv), softmax inline."""
+
+    name = "pvt"
+    model_types = ("pvt", "pvt_v2")
+    unscorable = (
+        (
+            r"\.attention(\.self)?\.(query|key)\.weight$",
+            _INLINE_QK + "; with a single reduced key token (a 32 px input at reduction 8) "
+            "query/key do not affect the output at all",
+        ),
+    )

@@ -43,13 +43,14 @@ import numpy as np
 import torch
 
 from ..errors import HfPxError
+from ..utils import hub_offline
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "sklearn-digits"
 DEFAULT_EXAMPLES_PER_CLASS = 10
 DEFAULT_NUM_SAMPLES = 100
-DEFAULT_IMAGE_SIZE = 224
+DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
 IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -59,6 +60,18 @@ _STREAM_BUFFER = 1000
 
 
 # -- image processors -----------------------------------------------------------------------
+def image_size_of(size: Any) -> tuple[int, int]:
+    """(height, width) from a config's ``image_size``: an int, a pair, a
+    ``{"height", "width"}`` dict, or None for transformers' default."""
+    if size is None:
+        size = DEFAULT_IMAGE_SIZE
+    if isinstance(size, dict):
+        size = (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
+    if isinstance(size, list | tuple):
+        return int(size[0]), int(size[-1])
+    return int(size), int(size)
+
+
 def default_image_processor(config: Any = None, *, image_size: int | None = None):
     """The documented default when a model ships no image processor.
 
@@ -75,12 +88,7 @@ def default_image_processor(config: Any = None, *, image_size: int | None = None
     )
 
     size = image_size if image_size is not None else getattr(config, "image_size", None)
-    if size is None:
-        size = DEFAULT_IMAGE_SIZE
-    if isinstance(size, list | tuple):
-        height, width = int(size[0]), int(size[-1])
-    else:
-        height = width = int(size)
+    height, width = image_size_of(size)
     if height < 1 or width < 1:
         raise HfPxError(f"image size must be positive, got {size!r}")
     try:  # transformers >= 5 without torchvision: the PIL backend, without a warning
@@ -149,10 +157,6 @@ def digits_dataset():
     return datasets.Dataset.from_dict(
         {"image": encoded, "label": digits.target.tolist()}, features=features
     )
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _split_error(what: str, split: str, available: Iterable[str]) -> HfPxError:
@@ -224,7 +228,7 @@ def open_dataset(
             "(or give a Hub dataset id such as 'cifar10' or 'user/name')"
         )
     if streaming is None:
-        streaming = not _offline()
+        streaming = not hub_offline()
     return _load(datasets, ref, ref, dataset_config, split, streaming)
 
 
@@ -232,7 +236,7 @@ def _load(datasets, ref, path, config, split, streaming, **kwargs):
     try:
         return datasets.load_dataset(path, config, split=split, streaming=streaming, **kwargs)
     except ConnectionError as err:
-        if _offline():
+        if hub_offline():
             raise HfPxError(
                 f"dataset {ref!r} is not in the local cache and HF_HUB_OFFLINE is set; unset "
                 "HF_HUB_OFFLINE (or run once online), or pass a local image folder"
@@ -272,45 +276,40 @@ def _columns(ds) -> list[str]:
     return list(names) if names else list(_features(ds))
 
 
+def _column_of(ds, given: str | None, known: tuple[str, ...], feature: type, what: str):
+    """`given` if the data set has it; else the first of `known` it has; else its one
+    column typed `feature`; else None."""
+    cols = _columns(ds)
+    if given is not None:
+        if given not in cols:
+            raise HfPxError(
+                f"no {what} column {given!r}; the dataset has columns {cols}: "
+                f"pick one with --{what}-column"
+            )
+        return given
+    for name in known:
+        if name in cols:
+            return name
+    typed = [n for n, f in _features(ds).items() if isinstance(f, feature)]
+    return typed[0] if len(typed) == 1 else None
+
+
 def image_column_of(ds, image_column: str | None = None) -> str:
     import datasets
 
-    cols = _columns(ds)
-    if image_column is not None:
-        if image_column not in cols:
-            raise HfPxError(
-                f"no image column {image_column!r}; the dataset has columns {cols}: "
-                "pick one with --image-column"
-            )
-        return image_column
-    for name in IMAGE_COLUMNS:
-        if name in cols:
-            return name
-    typed = [n for n, f in _features(ds).items() if isinstance(f, datasets.Image)]
-    if len(typed) == 1:
-        return typed[0]
-    raise HfPxError(
-        f"no image column (looked for {', '.join(IMAGE_COLUMNS)}) among {cols}; "
-        "name it with --image-column"
-    )
+    found = _column_of(ds, image_column, IMAGE_COLUMNS, datasets.Image, "image")
+    if found is None:
+        raise HfPxError(
+            f"no image column (looked for {', '.join(IMAGE_COLUMNS)}) among {_columns(ds)}; "
+            "name it with --image-column"
+        )
+    return found
 
 
 def label_column_of(ds, label_column: str | None = None) -> str | None:
     import datasets
 
-    cols = _columns(ds)
-    if label_column is not None:
-        if label_column not in cols:
-            raise HfPxError(
-                f"no label column {label_column!r}; the dataset has columns {cols}: "
-                "pick one with --label-column"
-            )
-        return label_column
-    for name in LABEL_COLUMNS:
-        if name in cols:
-            return name
-    typed = [n for n, f in _features(ds).items() if isinstance(f, datasets.ClassLabel)]
-    return typed[0] if len(typed) == 1 else None
+    return _column_of(ds, label_column, LABEL_COLUMNS, datasets.ClassLabel, "label")
 
 
 def dataset_label_names(

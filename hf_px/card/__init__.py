@@ -1,12 +1,21 @@
 """Model cards for pruned checkpoints (``huggingface_hub.ModelCard`` + a Jinja template)."""
 
-from .build import CHART_NAME, README_NAME, count_macs, looks_like_hub_id, template_path, write_card
+from .build import (
+    CHART_NAME,
+    README_NAME,
+    count_macs,
+    looks_like_hub_id,
+    retarget_card,
+    template_path,
+    write_card,
+)
 
 __all__ = [
     "CHART_NAME",
     "README_NAME",
     "count_macs",
     "looks_like_hub_id",
+    "retarget_card",
     "template_path",
     "write_card",
 ]

@@ -1,8 +1,8 @@
 """The model card of a pruned checkpoint: metadata, body, density chart.
 
 The card is rendered by ``huggingface_hub.ModelCard.from_template`` from the
-Jinja template ``model_cards/pruned_model_card.md`` (shipped as a byte-identical
-copy in ``hf_px/card/templates/``); this module only computes the values the
+Jinja template ``hf_px/card/templates/pruned_model_card.md`` (``model_cards/`` links
+to it); this module only computes the values the
 template shows. Nothing machine-specific reaches the card: local paths are
 reduced to their last component, ``base_model``/``datasets`` only ever hold Hub
 ids, and no token or user name is read.
@@ -26,46 +26,40 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import PruningResult
+from ..calibration import image_size_of
+from ..config import FORMATS, PruningResult
 from ..errors import HfPxError, HfPxFailure
+from ..methods import METHODS
+from ..utils import read_json_dict
 
 logger = logging.getLogger(__name__)
 
 README_NAME = "README.md"
 CHART_NAME = "layer_density.png"
 TEMPLATE_NAME = "pruned_model_card.md"
-FORMATS = ("dense", "bitmask")
-DEFAULT_IMAGE_SIZE = 224  # transformers' default for configs without `image_size` (ResNet)
 
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
-_SOURCE_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / TEMPLATE_NAME
 
-_METHOD_LABELS = {
-    "px": "PX (Path eXclusion)",
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "synflow": "SynFlow",
-    "magnitude": "global magnitude",
-    "random": "random pruning",
-}
-_METHOD_SHORT = {"px": "PX", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow"}
-_METHOD_REFERENCES = {
-    "snip": 'Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection '
-    'Sensitivity", ICLR 2019',
-    "grasp": 'Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving '
-    'Gradient Flow", ICLR 2020',
-    "synflow": 'Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by '
-    'iteratively conserving synaptic flow", NeurIPS 2020',
-}
 # NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
 
 
+def load_line(load_id: str) -> str:
+    """The loading snippet's first line: what `from_pretrained` gets (a Hub id, or ".")."""
+    comment = "this repo's id on the Hub, or the folder holding this card"
+    return f"model_id = {json.dumps(load_id)}  # {comment}"
+
+
+def retarget_card(text: str, repo_id: str) -> str | None:
+    """A card written without a Hub id, its snippet now loading `repo_id`; None if it has none."""
+    local = load_line(".")
+    return text.replace(local, load_line(repo_id)) if local in text else None
+
+
 def template_path() -> Path:
-    """The card template: the packaged copy, else the repo's ``model_cards/`` source."""
-    for path in (_PACKAGED_TEMPLATE, _SOURCE_TEMPLATE):
-        if path.is_file():
-            return path
+    """The card template shipped in the package."""
+    if _PACKAGED_TEMPLATE.is_file():
+        return _PACKAGED_TEMPLATE
     raise HfPxFailure("the model card template is missing from the hf-px install; reinstall hf-px")
 
 
@@ -109,7 +103,7 @@ def write_card(
         evaluation=evaluation,
         storage_format=format,
         repo_id=repo_id,
-        processor=_read_json(processor_file) if processor_file.is_file() else None,
+        processor=read_json_dict(processor_file) if processor_file.is_file() else None,
     )
     context["has_image_processor"] = processor_file.is_file()
     _write_atomic(out / CHART_NAME, lambda tmp: _plot_density(context["rows"], context, tmp))
@@ -161,8 +155,9 @@ def card_context(
     method_name = config.method
     family_label = _family_label(model, family)
     title_base = base_model.split("/")[-1] if base_model else family_label
-    label = _METHOD_LABELS.get(method_name, method_name)
-    short = _METHOD_SHORT.get(method_name, method_name)
+    method = METHODS.get(method_name)
+    label = method.label if method else method_name
+    short = (method.short_label or method.name) if method else method_name
     title = f"{title_base} pruned to {100 * result.sparsity:.0f}% sparsity ({short})"
     return {
         "title": title,
@@ -174,9 +169,9 @@ def card_context(
         "method": {
             "name": method_name,
             "label": label,
-            "needs_data": _needs_data(method_name),
+            "needs_data": method.needs_data if method else True,
         },
-        "method_reference": _METHOD_REFERENCES.get(method_name),
+        "method_reference": method.citation if method else None,
         "config": config.to_dict(),
         "achieved": {
             "sparsity": result.sparsity,
@@ -196,6 +191,7 @@ def card_context(
         "chart": CHART_NAME,
         # the snippet must run as written: the Hub id when known, else the folder itself
         "load_id": repo_id or ".",
+        "load_line": load_line(repo_id or "."),
         "storage_format": storage_format,
         "has_image_processor": False,
         "hf_px_version": config.hf_px_version,
@@ -260,7 +256,7 @@ def resolve_base_model(source: dict[str, Any], model: nn.Module) -> str | None:
     candidates = [source.get("model_id")]
     local = source.get("local_path")
     if local:
-        candidates.append(_read_json(Path(local) / "config.json").get("_name_or_path"))
+        candidates.append(read_json_dict(Path(local) / "config.json").get("_name_or_path"))
     candidates.append(getattr(getattr(model, "config", None), "_name_or_path", None))
     for candidate in candidates:
         if looks_like_hub_id(candidate):
@@ -302,15 +298,6 @@ def _family_label(model: nn.Module, family: str) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return family
-
-
-def _needs_data(method: str) -> bool:
-    from ..methods import get_method
-
-    try:
-        return bool(get_method(method).needs_data)
-    except HfPxError:
-        return True
 
 
 def _display_name(value: Any) -> str | None:
@@ -404,13 +391,8 @@ def _example_shape(
     config = getattr(model, "config", None)
     size = processor_image_size(processor) if processor else None
     if size is None:
-        size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
-    if isinstance(size, dict):
-        size = (size.get("height", DEFAULT_IMAGE_SIZE), size.get("width", DEFAULT_IMAGE_SIZE))
-    if isinstance(size, list | tuple):
-        height, width = int(size[0]), int(size[-1])
-    else:
-        height = width = int(size)
+        size = getattr(config, "image_size", None)
+    height, width = image_size_of(size)
     return 1, int(getattr(config, "num_channels", 3) or 3), height, width
 
 
@@ -529,11 +511,3 @@ def _write_atomic(path: Path, write) -> None:
             f"could not write {path.name} ({exc.strerror or type(exc).__name__}); "
             "check free disk space and permissions of the output directory"
         ) from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -8,7 +8,7 @@
 
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
-from .save import FORMATS, load_model, save_pruned
+from .save import FORMATS, check_output_dir, load_model, save_pruned
 from .state import MASKS_NAME, load_pruning
 
 _install()
@@ -16,6 +16,7 @@ _install()
 __all__ = [
     "FORMATS",
     "MASKS_NAME",
+    "check_output_dir",
     "inspect_checkpoint",
     "load_model",
     "load_pruning",

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
+from ..utils import read_checkpoint_json, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
 
@@ -77,7 +78,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                     "storage": storage,
                     "stored_bytes": stored_bytes,
                 }
-    report = _read_json(root / REPORT_NAME)
+    report = read_checkpoint_json(root / REPORT_NAME)
     pruned = _pruned_tensors(tensors, (report or {}).get("per_tensor", {}))
     scope = pruned or {k for k, v in tensors.items() if len(v["shape"]) >= 2}
     n = sum(tensors[k]["numel"] for k in scope)
@@ -94,7 +95,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "sparsity": z / n if n else 0.0,
         "sparsity_scope": "pruned tensors" if pruned else "tensors of rank >= 2",
         "tensors": tensors,
-        "pruning_config": _read_json(root / CONFIG_NAME),
+        "pruning_config": read_checkpoint_json(root / CONFIG_NAME),
     }
 
 
@@ -124,22 +125,11 @@ def _pruned_tensors(tensors: dict[str, dict], per_tensor: dict[str, dict]) -> se
 
 
 def _weight_files(root: Path) -> list[str]:
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    if (root / "model.safetensors").is_file():
-        return ["model.safetensors"]
+    files, _ = weight_files(root)
+    if files:
+        return files
     if any(root.glob("*.bin")):
         raise HfPxError(
             f"{root} has only pickle (.bin) weights; hf-px inspect reads safetensors only"
         )
     raise HfPxError(f"{root} has no model.safetensors; not a saved checkpoint")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HfPxError(f"{path.name} is not valid JSON; re-save the checkpoint") from None

@@ -43,17 +43,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import REPORT_NAME, PruningConfig, PruningResult
+from ..card import write_card
+from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
+from ..masks.check import check_masks
+from ..utils import SAFE_INDEX_NAME, not_found_hint, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 from .state import write_masks
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("dense", "bitmask")
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_INDEX_NAME = "model.safetensors.index.json"
 _TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".csv")
 
 
@@ -90,7 +90,7 @@ def save_pruned(
         raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
     _check_masks(model, result)
     target = Path(output_dir).expanduser()
-    _check_target(target, overwrite, _input_dirs(model, source))
+    check_output_dir(target, overwrite, _input_dirs(model, source))
 
     # absolute paths in the run's own records would leak the machine's layout
     result = dataclasses.replace(
@@ -124,7 +124,7 @@ def save_pruned(
         (tmp / REPORT_NAME).write_text(report + "\n")
         write_masks(tmp, result.masks)
         if card:
-            _write_card(
+            write_card(
                 tmp,
                 model=model,
                 result=result,
@@ -144,19 +144,10 @@ def save_pruned(
 
 def _check_masks(model: nn.Module, result: PruningResult) -> None:
     params = dict(model.named_parameters())
-    for name, mask in result.masks.items():
-        p = params.get(name)
-        if p is None:
-            raise HfPxError(
-                f"the pruning result has a mask for {name!r}, which the model does not have; "
-                "pass the model that hf_px.prune pruned"
-            )
-        if tuple(mask.shape) != tuple(p.shape):
-            raise HfPxError(
-                f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(p.shape)}"
-            )
-        pruned = ~mask.to(device=p.device, dtype=torch.bool)
-        if bool((p.detach()[pruned] != 0).any()):
+    masks = check_masks(result.masks, params, fix="pass the model that hf_px.prune pruned")
+    for name, mask in masks.items():
+        p = params[name]
+        if bool((p.detach()[~mask] != 0).any()):
             raise HfPxError(
                 f"weights of {name!r} that the mask prunes are not zero (was the model changed "
                 "after hf_px.prune?); save the model that prune returned"
@@ -174,7 +165,8 @@ def _input_dirs(model: nn.Module, source: dict[str, Any] | None) -> list[Path]:
     return found
 
 
-def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
+def check_output_dir(target: Path, overwrite: bool, inputs: list[Path] = ()) -> None:
+    """Refuse a target that overlaps an input, is a file, or is not empty without `overwrite`."""
     resolved = target.resolve()
     for d in inputs:
         if resolved == d or d in resolved.parents or resolved in d.parents:
@@ -187,7 +179,8 @@ def _check_target(target: Path, overwrite: bool, inputs: list[Path]) -> None:
             raise HfPxError(f"output path {target} exists and is not a directory; choose another")
         if any(target.iterdir()) and not overwrite:
             raise HfPxError(
-                f"output directory {target} is not empty; pass --overwrite to replace it"
+                f"output directory {target} is not empty; pass --overwrite to replace it "
+                "or choose another output directory"
             )
 
 
@@ -263,13 +256,10 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 def _weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
-    index_path = directory / SAFE_INDEX_NAME
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-        return sorted(set(index["weight_map"].values())), index
-    if (directory / SAFE_WEIGHTS_NAME).exists():
-        return [SAFE_WEIGHTS_NAME], None
-    raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
+    files, index = weight_files(directory)
+    if not files:
+        raise HfPxFailure("transformers wrote no safetensors weights; upgrade transformers")
+    return files, index
 
 
 def _compress_weights(directory: Path) -> None:
@@ -324,19 +314,6 @@ def _add_quantization_config(directory: Path) -> None:
 # ---------------------------------------------------------------- card, privacy
 
 
-def _write_card(directory: Path, **kwargs: Any) -> None:
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("hf_px.card") is None:
-        return
-    write_card = getattr(importlib.import_module("hf_px.card"), "write_card", None)
-    if write_card is None:
-        logger.info("hf_px.card.write_card not available; no model card written")
-        return
-    write_card(directory, **kwargs)
-
-
 def _scrub_paths(value: Any) -> Any:
     """Absolute or home-relative path strings → their last component, recursively."""
     if isinstance(value, dict):
@@ -349,7 +326,7 @@ def _scrub_paths(value: Any) -> Any:
 
 
 def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
-    """No written text file may name a local directory or the user (issue 5)."""
+    """No written text file may name a local directory or the user."""
     needles = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
     needles.add(str(Path.home()))
     try:
@@ -436,12 +413,7 @@ def _load_config(name: str, trust_remote_code: bool) -> Any:
         local = Path(name).expanduser()
         if local.exists():
             raise HfPxError(f"{name} is not a model directory (no config.json)") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "HF_HUB_OFFLINE is set: download it first or pass a local directory"
-            if offline
-            else "check the model id, your network, or pass a local directory"
-        )
+        hint = not_found_hint("check the model id, your network, or pass a local directory")
         raise HfPxError(f"cannot find model {name!r} locally or on the Hub; {hint}") from None
     except ValueError as e:
         if "trust_remote_code" in str(e):

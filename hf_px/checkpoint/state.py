@@ -30,6 +30,7 @@ import torch
 
 from ..config import CONFIG_NAME, REPORT_NAME, PruningConfig, PruningResult, local_files
 from ..errors import HfPxError
+from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX
 
@@ -147,13 +148,7 @@ def load_pruning(
 
 
 def _read_report(root: Path) -> dict[str, Any] | None:
-    path = root / REPORT_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HfPxError(f"{REPORT_NAME} is not valid JSON; re-save the checkpoint") from None
+    return read_checkpoint_json(root / REPORT_NAME)
 
 
 def _masks_from_model(model: Any, config: PruningConfig) -> dict[str, torch.Tensor]:
@@ -172,11 +167,7 @@ def _masks_from_weights(root: Path, report: dict[str, Any] | None) -> dict[str, 
             "(the loaded model) so that the masks can be rebuilt from its weights"
         )
     wanted = list(report["per_tensor"])
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+    files = weight_files(root)[0] or [SAFE_WEIGHTS_NAME]  # none: the loop names the missing file
     found: dict[str, torch.Tensor] = {}
     for fname in files:
         if not (root / fname).is_file():

@@ -3,47 +3,68 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .. import calibration, distributed
+from ..checkpoint import save_pruned
+from ..hub import push_to_hub
 from . import output
-from .resolve import not_available
 
 logger = logging.getLogger(__name__)
 
 
-def calibration_module():
-    """:mod:`hf_px.calibration`, or a one-line error when this build lacks it."""
-    try:
-        from .. import calibration
-
-        calibration.load_calibration_batches  # noqa: B018  (present in this build?)
-    except (ImportError, AttributeError):
-        raise not_available(
-            "calibration data (hf_px.calibration.load_calibration_batches)"
-        ) from None
-    return calibration
-
-
-def save_pruned_fn():
-    try:
-        from ..checkpoint import save_pruned
-    except ImportError:
-        raise not_available("writing checkpoints (hf_px.save_pruned)") from None
-    return save_pruned
+def report(
+    args: Any,
+    compute: Callable[[Any], dict[str, Any] | None],
+    print_summary: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run a command's `compute`; the main process prints its summary, as one JSON object
+    with ``--json`` (everything else then goes to stderr), else as text."""
+    with output.stdout_to_stderr(args.json) as stdout:
+        summary = compute(args)
+        if summary is None:  # not the main process
+            return 0
+        if args.json:
+            output.emit_json(summary, stdout)
+        else:
+            print_summary(summary)
+    return 0
 
 
-def push_fn():
-    try:
-        from ..hub import push_to_hub
-    except ImportError:
-        raise not_available("pushing to the Hub (hf_px.hub.push_to_hub)") from None
-    return push_to_hub
+def save_and_push(
+    args: Any,
+    model: Any,
+    out_dir: Path,
+    result: Any,
+    processor: Any,
+    timings: dict[str, float],
+    **card: Any,
+) -> tuple[Path, str | None]:
+    """Write the checkpoint (``--format``, ``--overwrite``; `card`: what the model card
+    shows) and upload it with ``--push-to-hub``; (the folder written, the Hub URL)."""
+    with output.phase(f"saving to {out_dir}", timings, "save_s"):
+        out_dir = save_pruned(
+            model,
+            out_dir,
+            result,
+            image_processor=processor,
+            format=args.format,
+            overwrite=args.overwrite,
+            **card,
+        )
+    url = None
+    if args.push_to_hub:
+        with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
+            url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+    return out_dir, url
 
 
 def accelerator():
     """The checked Accelerator (cpu=True for multi-process CPU launches); sets the main process."""
-    acc = calibration_module().make_accelerator()
+    acc = distributed.make_accelerator()
     output.set_main_process(acc.is_main_process)
     return acc
 
@@ -56,7 +77,7 @@ def data_processor(model: Any, processor: Any) -> Any:
         "the model has no image processor; preparing images with hf-px's default "
         "(bilinear resize to the config's image_size, ImageNet mean/std)"
     )
-    return calibration_module().default_image_processor(getattr(model, "config", None))
+    return calibration.default_image_processor(getattr(model, "config", None))
 
 
 @dataclass
@@ -79,7 +100,6 @@ def eval_data(
     seed: int,
 ) -> EvalData:
     """Labelled batches and the data set's class names (for the model's id2label)."""
-    calibration = calibration_module()
     common: dict[str, Any] = {"dataset_config": dataset_config, "label_column": label_column}
     if split:
         common["split"] = split
@@ -117,11 +137,10 @@ def error_if(condition: bool, message: str) -> None:
 __all__ = [
     "EvalData",
     "accelerator",
-    "calibration_module",
     "data_processor",
     "error_if",
     "eval_data",
     "evaluate",
-    "push_fn",
-    "save_pruned_fn",
+    "report",
+    "save_and_push",
 ]

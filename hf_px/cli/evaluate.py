@@ -6,28 +6,22 @@ import argparse
 import time
 from typing import Any
 
-from . import common, output
+from . import common, output, parsing
 from .resolve import load, model_name
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _eval(args)
-        if summary is None:
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            output.say(
-                f"{summary['model']} on {summary['dataset']} [{summary['split']}]: "
-                f"top-1 {output.pct(summary['accuracy'])} "
-                f"({summary['correct']}/{summary['num_samples']}), loss {summary['loss']:.4f}"
-            )
-    return 0
+    return common.report(args, _eval, _print_summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    output.say(
+        f"{s['model']} on {s['dataset']} [{s['split']}]: top-1 {output.pct(s['accuracy'])} "
+        f"({s['correct']}/{s['num_samples']}), loss {s['loss']:.4f}"
+    )
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
-    common.calibration_module()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     acc = common.accelerator()
@@ -59,3 +53,19 @@ def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
         **result,
         "timings": timings,
     }
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px eval`` and its arguments."""
+    p = subparsers.add_parser(
+        "eval",
+        help="top-1 accuracy and loss on a labelled image dataset",
+        description="Top-1 accuracy and mean cross-entropy with the model's own "
+        "label mapping (data-set classes are matched to id2label by name).",
+    )
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    parsing.data_args(p, required=True)
+    p.add_argument("--num-samples", type=parsing.positive_int, metavar="N", help="cap the images")
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_eval)

@@ -16,27 +16,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from . import common, output
-from .resolve import check_output_dir, load, model_name, public_name, size_on_disk, source_info
-
-BUILTIN_DATA = "sklearn-digits"
+from .. import calibration
+from ..checkpoint import check_output_dir
+from ..training import OPTIMIZERS
+from ..utils import read_json_dict
+from . import common, output, parsing
+from .resolve import load, model_name, public_name, size_on_disk, source_info
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _finetune(args)
-        if summary is None:  # not the main process
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            _print_summary(summary)
-    return 0
+    return common.report(args, _finetune, _print_summary)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -63,7 +56,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         output.say(f"  pushed: {s['pushed_to']}")
 
 
-def _dataset(calibration: Any, ref: str | None, split: str, args: argparse.Namespace, model: Any,
+def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
              processor: Any, num_samples: int | None):  # fmt: skip
     """(a `datasets.Dataset` giving pixel_values/labels, its class names)."""
     from ..errors import HfPxError
@@ -76,8 +69,9 @@ def _dataset(calibration: Any, ref: str | None, split: str, args: argparse.Names
     image_col = calibration.data.image_column_of(ds, args.image_column)
     label_col = calibration.data.label_column_of(ds, args.label_column)
     if label_col is None:
+        name = public_name(ref) or calibration.DEFAULT_DATASET
         raise HfPxError(
-            f"fine-tuning needs labels but dataset {public_name(ref) or BUILTIN_DATA} has no "
+            f"fine-tuning needs labels but dataset {name} has no "
             "label column; name it with --label-column"
         )
     if num_samples is not None:
@@ -104,7 +98,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
     from ..checkpoint import load_pruning
-    from ..config import CONFIG_NAME, REPORT_NAME
+    from ..config import CONFIG_NAME
     from ..errors import HfPxError
     from ..training import trainer_finetune
 
@@ -114,31 +108,18 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         raise HfPxError(
             f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune`"
         )
-    common.error_if(
-        bool(args.eval_split) and not args.eval_dataset and not args.dataset,
-        "--eval-split needs the data set to take it from; add --eval-dataset or --dataset",
-    )
-    common.error_if(
-        args.private and not args.push_to_hub,
-        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
-    )
-    out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
-    check_output_dir(out_dir, args.overwrite)
-    calibration = common.calibration_module()
-    save_pruned = common.save_pruned_fn()
-    if args.push_to_hub:
-        common.push_fn()
+    out_dir = _check_args(args, src)
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
     saved = load_pruning(src, model=model)
     data_proc = common.data_processor(model, processor)
     split = args.split or "train"
-    train = _dataset(calibration, args.dataset, split, args, model, data_proc, args.num_samples)
+    train = _dataset(args.dataset, split, args, model, data_proc, args.num_samples)
     eval_ref = args.eval_dataset or (args.dataset if args.eval_split else None)
     evaluation_set = None
     if eval_ref is not None:
         eval_split = args.eval_split or "train"
-        evaluation_set = _dataset(calibration, eval_ref, eval_split, args, model, data_proc, None)
+        evaluation_set = _dataset(eval_ref, eval_split, args, model, data_proc, None)
     with torch.enable_grad():
         stats = trainer_finetune(
             model,
@@ -163,64 +144,47 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             f"{stats['pruned_weights_nonzero']} pruned weights became non-zero during training; "
             "nothing was written — report this with the command line"
         )
-    recipe = {
-        "dataset": public_name(args.dataset) or BUILTIN_DATA,
-        "split": split,
-        "num_samples": len(train),
-        "epochs": args.epochs,
-        "steps": stats["steps"],
-        "learning_rate": args.learning_rate,
-        "schedule": "cosine",
-        "batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": stats["num_processes"],
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "bf16": bool(args.bf16),
-        "seed": args.seed,
-        "trainer": "transformers.Trainer",
-    }
+    recipe = _recipe(args, split, len(train), stats)
     config = dataclasses.replace(
         saved.config, calibration={**saved.config.calibration, "finetune": recipe}
     )
     result = dataclasses.replace(saved, config=config)
     evaluation = None
     if evaluation_set is not None:
-        before, after = stats["eval_before"], stats["eval_after"]
-        evaluation = {
-            "dataset": public_name(eval_ref),
-            "split": args.eval_split or "train",
-            "num_samples": after["num_samples"],
-            "accuracy_pruned": before["accuracy"],
-            "loss_pruned": before["loss"],
-            "accuracy_finetuned": after["accuracy"],
-            "loss_finetuned": after["loss"],
-        }
-        prior = _prior_evaluation(src / REPORT_NAME)
-        if prior and (prior.get("dataset"), prior.get("split")) == (
-            evaluation["dataset"],
-            evaluation["split"],
-        ):  # the same data: the dense figure that pruning measured carries over
-            evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
-            evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
-    url = None
+        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
     if not trainer.is_world_process_zero():
         return None
-    with output.phase(f"saving to {out_dir}", {}, "save_s"):
-        out_dir = save_pruned(
-            model,
-            out_dir,
-            result,
-            image_processor=processor,
-            format=args.format,
-            overwrite=args.overwrite,
-            source=_source(src, args.model),
-            calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
-            evaluation=evaluation,
-        )
-    if args.push_to_hub:
-        with output.phase(f"uploading to {args.push_to_hub}", {}, "push_s"):
-            url = common.push_fn()(out_dir, args.push_to_hub, private=args.private)
+    out_dir, url = common.save_and_push(
+        args,
+        model,
+        out_dir,
+        result,
+        processor,
+        {},
+        source=_source(src, args.model),
+        calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
+        evaluation=evaluation,
+    )
+    return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+
+
+def _check_args(args: argparse.Namespace, src: Path) -> Path:
+    """Refuse contradictory flags and a taken output directory before loading anything."""
+    common.error_if(
+        bool(args.eval_split) and not args.eval_dataset and not args.dataset,
+        "--eval-split needs the data set to take it from; add --eval-dataset or --dataset",
+    )
+    common.error_if(
+        args.private and not args.push_to_hub,
+        "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
+    )
+    out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
+    check_output_dir(out_dir, args.overwrite)
+    return out_dir
+
+
+def _summary(args, out_dir, result, stats, evaluation, recipe, url, t0) -> dict[str, Any]:
+    """What `--json` prints and the human summary reads."""
     return {
         "model": args.model,
         "output_dir": str(out_dir),
@@ -242,12 +206,54 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     }
 
 
+def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict) -> dict:
+    """The fine-tuning recipe as the card and pruning_config.json record it."""
+    return {
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        "split": split,
+        "num_samples": num_samples,
+        "epochs": args.epochs,
+        "steps": stats["steps"],
+        "learning_rate": args.learning_rate,
+        "schedule": "cosine",
+        "batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": stats["num_processes"],
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "bf16": bool(args.bf16),
+        "seed": args.seed,
+        "trainer": "transformers.Trainer",
+    }
+
+
+def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> dict[str, Any]:
+    """Accuracy before/after fine-tuning, with the dense figure when pruning measured it on
+    the same data."""
+    from ..config import REPORT_NAME
+
+    before, after = stats["eval_before"], stats["eval_after"]
+    evaluation = {
+        "dataset": public_name(eval_ref),
+        "split": split,
+        "num_samples": after["num_samples"],
+        "accuracy_pruned": before["accuracy"],
+        "loss_pruned": before["loss"],
+        "accuracy_finetuned": after["accuracy"],
+        "loss_finetuned": after["loss"],
+    }
+    prior = _prior_evaluation(src / REPORT_NAME)
+    if prior and (prior.get("dataset"), prior.get("split")) == (
+        evaluation["dataset"],
+        evaluation["split"],
+    ):  # the same data: the dense figure that pruning measured carries over
+        evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
+        evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
+    return evaluation
+
+
 def _prior_evaluation(report: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError):
-        return None
-    ev = data.get("evaluation") if isinstance(data, dict) else None
+    ev = read_json_dict(report).get("evaluation")
     return ev if isinstance(ev, dict) else None
 
 
@@ -263,3 +269,51 @@ def _source(src: Path, reference: str) -> dict[str, Any]:
     if isinstance(base, str) and base:
         info = {**info, "model_id": base}
     return info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px finetune`` and its arguments."""
+    p = subparsers.add_parser(
+        "finetune",
+        help="train a pruned checkpoint with its masks fixed and save it",
+        description="Train a directory written by `hf-px prune` on a labelled image "
+        "dataset with transformers.Trainer; every pruned weight stays exactly 0 "
+        "(hf_px.training). Runs data parallel under torchrun / accelerate launch.",
+    )
+    p.add_argument("model", metavar="DIR", help="a checkpoint directory written by `hf-px prune`")
+    p.add_argument("--epochs", type=parsing.positive_int, default=1, metavar="N")
+    p.add_argument(
+        "--learning-rate",
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=1e-4,
+        metavar="LR",
+        help="peak learning rate (cosine decay to 0)",
+    )
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="W")
+    p.add_argument(
+        "--gradient-accumulation-steps", type=parsing.positive_int, default=1, metavar="K"
+    )
+    p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (where supported)")
+    parsing.data_args(p, required=False)
+    p.add_argument(
+        "--num-samples", type=parsing.positive_int, metavar="N", help="cap the training images"
+    )
+    p.add_argument(
+        "--eval-dataset",
+        metavar="NAME_OR_PATH",
+        help="labelled held-out data: top-1 accuracy before and after fine-tuning",
+    )
+    p.add_argument(
+        "--eval-split",
+        metavar="S",
+        help="split of --eval-dataset (or of --dataset when no --eval-dataset); default: train",
+    )
+    parsing.output_args(p, "DIR-ft beside the input")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_finetune)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import inspect_checkpoint
 from ..errors import HfPxError
-from . import output
-from .resolve import not_available, resolve
+from ..utils import not_found_hint
+from . import output, parsing
+from .resolve import resolve
 
 _PATTERNS = ["*.json", "*.safetensors", "README.md"]
 
@@ -27,12 +28,7 @@ def _local_dir(reference: str) -> Path:
     try:
         return Path(snapshot_download(reference, allow_patterns=_PATTERNS))
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "HF_HUB_OFFLINE is set: download it first or pass a local directory"
-            if offline
-            else "check your network or pass a local directory"
-        )
+        hint = not_found_hint("check your network or pass a local directory")
         raise HfPxError(f"cannot find {reference!r} locally or on the Hub; {hint}") from None
     except (HfHubHTTPError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -42,12 +38,6 @@ def _local_dir(reference: str) -> Path:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    try:
-        from ..checkpoint import inspect_checkpoint
-    except ImportError:
-        raise not_available(
-            "inspecting checkpoints (hf_px.checkpoint.inspect_checkpoint)"
-        ) from None
     with output.stdout_to_stderr(args.json) as stdout:
         info = inspect_checkpoint(_local_dir(args.model))
         if args.json:
@@ -81,3 +71,16 @@ def _print(reference: str, info: dict[str, Any]) -> None:
         for n, t in rows:
             shape = "x".join(str(d) for d in t["shape"])
             say(f"  {n.ljust(width)}  {shape:>18}  {pct(1 - t['sparsity']):>8}  {t['storage']}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px inspect`` and its arguments."""
+    p = subparsers.add_parser(
+        "inspect",
+        help="sparsity, pruning config, format and size of a checkpoint",
+        description="Overall and per-tensor sparsity, the pruning config if "
+        "present, the storage format and the size on disk.",
+    )
+    p.add_argument("model", metavar="MODEL_OR_DIR")
+    parsing.common(p)
+    p.set_defaults(func=run_inspect)

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import common, output
+from .. import calibration, distributed
+from ..checkpoint import check_output_dir
+from ..config import SCOPES
+from ..methods import METHODS, px
+from . import common, output, parsing
 from .resolve import (
-    check_output_dir,
     default_output_dir,
     is_shipped,
     load,
@@ -24,19 +27,9 @@ from .resolve import (
     source_info,
 )
 
-BUILTIN_DATA = "sklearn-digits"  # hf_px.calibration's offline default
-
 
 def run_prune(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
-        summary = _prune(args)
-        if summary is None:  # not the main process
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            _print_summary(summary)
-    return 0
+    return common.report(args, _prune, _print_summary)
 
 
 def _check_args(args: argparse.Namespace) -> Path:
@@ -53,6 +46,10 @@ def _check_args(args: argparse.Namespace) -> Path:
         f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
     )
     common.error_if(
+        args.px_norm is not None and args.method != "px",
+        f"--px-norm only applies to --method px (got --method {args.method}); drop --px-norm",
+    )
+    common.error_if(
         args.px_refresh is not None and args.method != "px",
         f"--px-refresh only applies to --method px (got --method {args.method}); drop it",
     )
@@ -65,10 +62,6 @@ def _check_args(args: argparse.Namespace) -> Path:
     )
     check_output_dir(out_dir, args.overwrite)
     _refuse_unsupported(args.model)
-    common.calibration_module()
-    common.save_pruned_fn()  # fail now, not after the pruning, when a piece is missing
-    if args.push_to_hub:
-        common.push_fn()
     return out_dir
 
 
@@ -90,7 +83,6 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
     t_start = time.perf_counter()
     out_dir = _check_args(args)
-    calibration = common.calibration_module()
     timings: dict[str, float] = {}
     acc = common.accelerator()
 
@@ -98,7 +90,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model, processor = load(args.model, args)
         model.eval()
         model.to(acc.device)
-        calibration.check_same_weights(model, acc)  # every rank scores the same model
+        distributed.check_same_weights(model, acc)  # every rank scores the same model
     # after loading, so that a wrong model id or a non-image model is what gets reported
     common.error_if(
         get_method(args.method).needs_data and args.dataset is None and not is_shipped(args.model),
@@ -108,30 +100,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     data_proc = common.data_processor(model, processor)
 
-    with output.phase("preparing calibration data", timings, "calibration_data_s"):
-        batches = calibration.load_calibration_batches(
-            args.dataset,
-            image_processor=data_proc,
-            dataset_config=args.dataset_config,
-            split=args.split or "train",
-            image_column=args.image_column,
-            label_column=args.label_column,
-            num_samples=args.num_samples,
-            examples_per_class=args.examples_per_class,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            need_labels=get_method(args.method).needs_labels,
-        )
-        batches = calibration.move_batches(batches, acc.device)
-    calib_info = {
-        "dataset": public_name(args.dataset) or BUILTIN_DATA,
-        "config": args.dataset_config,
-        "split": args.split or "train",
-        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
-        "examples_per_class": args.examples_per_class,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
+    batches, calib_info = _calibration(args, data_proc, acc, timings)
 
     evaluation: dict[str, Any] | None = None
     if args.eval:
@@ -163,40 +132,78 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
-        evaluation = {
-            "dataset": public_name(eval_ref) or BUILTIN_DATA,
-            "split": data.split,
-            "num_samples": pruned["num_samples"],
-            # flat keys: what the model card reads (hf_px.card.write_card)
-            "accuracy_before": dense["accuracy"],
-            "accuracy_after": pruned["accuracy"],
-            "loss_before": dense["loss"],
-            "loss_after": pruned["loss"],
-            "dense": dense,
-            "pruned": pruned,
-        }
+        evaluation = _evaluation(eval_ref, data, dense, pruned)
 
     url = None
     if acc.is_main_process:
-        with output.phase(f"saving to {out_dir}", timings, "save_s"):
-            out_dir = common.save_pruned_fn()(
-                model,
-                out_dir,
-                result,
-                image_processor=processor,
-                format=args.format,
-                overwrite=args.overwrite,
-                source=source_info(args.model),
-                calibration={k: v for k, v in calib_info.items() if v is not None},
-                evaluation=evaluation,
-            )
-        if args.push_to_hub:
-            with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
-                url = common.push_fn()(out_dir, args.push_to_hub, private=args.private)
+        out_dir, url = common.save_and_push(
+            args,
+            model,
+            out_dir,
+            result,
+            processor,
+            timings,
+            source=source_info(args.model),
+            calibration={k: v for k, v in calib_info.items() if v is not None},
+            evaluation=evaluation,
+        )
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    return _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url)
+
+
+def _calibration(
+    args: argparse.Namespace, data_proc: Any, acc: Any, timings: dict[str, float]
+) -> tuple[list[dict], dict[str, Any]]:
+    """The calibration batches on this process's device, and what the card says of them."""
+    from ..methods import get_method
+
+    with output.phase("preparing calibration data", timings, "calibration_data_s"):
+        batches = calibration.load_calibration_batches(
+            args.dataset,
+            image_processor=data_proc,
+            dataset_config=args.dataset_config,
+            split=args.split or "train",
+            image_column=args.image_column,
+            label_column=args.label_column,
+            num_samples=args.num_samples,
+            examples_per_class=args.examples_per_class,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            need_labels=get_method(args.method).needs_labels,
+        )
+        batches = distributed.move_batches(batches, acc.device)
+    calib_info = {
+        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        "config": args.dataset_config,
+        "split": args.split or "train",
+        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
+        "examples_per_class": args.examples_per_class,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    return batches, calib_info
+
+
+def _evaluation(eval_ref: str | None, data: Any, dense: dict, pruned: dict) -> dict[str, Any]:
+    return {
+        "dataset": public_name(eval_ref) or calibration.DEFAULT_DATASET,
+        "split": data.split,
+        "num_samples": pruned["num_samples"],
+        # flat keys: what the model card reads (hf_px.card.write_card)
+        "accuracy_before": dense["accuracy"],
+        "accuracy_after": pruned["accuracy"],
+        "loss_before": dense["loss"],
+        "loss_after": pruned["loss"],
+        "dense": dense,
+        "pruned": pruned,
+    }
+
+
+def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -> dict[str, Any]:
+    """What `--json` prints and the human summary reads."""
     per_tensor = result.per_tensor_sparsity
     return {
         "model": args.model,
@@ -227,6 +234,8 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
     options: dict[str, Any] = {}
     if args.px_bn is not None:
         options["bn"] = args.px_bn
+    if args.px_norm is not None:
+        options["norm"] = args.px_norm
     if args.px_refresh is not None:
         options["refresh"] = args.px_refresh
     if args.min_density_ratio is not None:
@@ -282,3 +291,115 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     if s.get("pushed_to"):
         say(f"  pushed: {s['pushed_to']}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px prune`` and its arguments."""
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a model and write a sparse checkpoint",
+        description="Score every Conv/Linear weight on calibration data, prune to "
+        "the requested sparsity and write a checkpoint that from_pretrained loads.",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="Hub id, local model directory, or a model hf-px ships (px-digits-resnet)",
+    )
+    p.add_argument(
+        "--sparsity",
+        type=parsing.fraction,
+        required=True,
+        metavar="S",
+        help="fraction of prunable weights to remove, in (0, 1), e.g. 0.9",
+    )
+    _method_args(p)
+    parsing.data_args(p, required=False)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--num-samples", type=parsing.positive_int, metavar="N")
+    size.add_argument(
+        "--examples-per-class",
+        type=parsing.positive_int,
+        metavar="K",
+        help="class-balanced calibration subset (the paper: 10)",
+    )
+    parsing.output_args(p, "./<model-name>-px<sparsity%%>")
+    _eval_and_push_args(p)
+    parsing.loading(p)
+    parsing.common(p)
+    p.set_defaults(func=run_prune)
+
+
+def _method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=list(METHODS), default="px")
+    p.add_argument(
+        "--rounds",
+        type=parsing.positive_int,
+        metavar="N",
+        help="pruning rounds (default: the method's own: px/synflow 100, others 1)",
+    )
+    p.add_argument("--scope", choices=SCOPES, default="global")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="REGEX",
+        help="never prune parameters whose name matches (repeatable)",
+    )
+    p.add_argument(
+        "--px-bn",
+        choices=px.BN_MODES,
+        help=f"PX BatchNorm treatment in the auxiliary nets (default: {px.DEFAULTS['bn']})",
+    )
+    p.add_argument(
+        "--px-norm",
+        choices=px.NORM_MODES,
+        help="PX LayerNorm/GroupNorm treatment in the auxiliary nets "
+        f"(default: {px.DEFAULTS['norm']})",
+    )
+    p.add_argument(
+        "--px-refresh",
+        type=parsing.refresh,
+        metavar="F|every",
+        help="PX: recompute the data side once the kept density has fallen by F since the "
+        "last recompute, reusing it in between (default: 0.3); 'every' = the paper's full "
+        "recompute every round",
+    )
+    p.add_argument(
+        "--min-density-ratio",
+        type=parsing.unit_interval,
+        metavar="R",
+        help="collapse guard: no tensor drops below R x the target density "
+        "(default: the library's 0.1; 0 = reference behaviour)",
+    )
+    p.add_argument(
+        "--no-recalibrate-bn",
+        dest="recalibrate_bn",
+        action="store_false",
+        help="keep the dense model's BatchNorm running statistics (default: re-estimate "
+        "them on the calibration data after pruning)",
+    )
+
+
+def _eval_and_push_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="top-1 accuracy before and after pruning (on --eval-dataset/--eval-split)",
+    )
+    p.add_argument(
+        "--eval-dataset",
+        metavar="NAME_OR_PATH",
+        help="labelled data for --eval (default: --dataset, or the built-in digits)",
+    )
+    p.add_argument(
+        "--eval-split",
+        metavar="S",
+        help="split for --eval (default: train; name the held-out one, e.g. test)",
+    )
+    p.add_argument(
+        "--eval-samples", type=parsing.positive_int, metavar="N", help="cap --eval images"
+    )
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the checkpoint afterwards")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")

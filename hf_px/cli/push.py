@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import output
-from .resolve import not_available
+from ..hub import push_to_hub
+from . import output, parsing
 
 
 def run_push(args: argparse.Namespace) -> int:
-    try:
-        from ..hub import push_to_hub
-    except ImportError:
-        raise not_available("pushing (hf_px.hub.push_to_hub)") from None
     with output.stdout_to_stderr(args.json) as stdout:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -34,3 +30,20 @@ def run_push(args: argparse.Namespace) -> int:
         else:
             output.say(url)
     return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``hf-px push`` and its arguments."""
+    p = subparsers.add_parser(
+        "push",
+        help="upload a checkpoint folder to the Hugging Face Hub",
+        description="Create the repo if needed and upload DIR in one commit. The "
+        "token comes from HF_TOKEN or `hf auth login`, and is never printed.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", metavar="R", help="branch to commit to (created if missing)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
+    parsing.common(p)
+    p.set_defaults(func=run_push)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import HfPxError
+from ..checkpoint import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # short names for the models hf-px ships (usable wherever MODEL is expected)
@@ -46,16 +46,8 @@ def default_output_dir(reference: str, sparsity: float) -> Path:
     return Path(f"{model_name(reference)}-px{sparsity_tag(sparsity)}")
 
 
-def not_available(feature: str) -> HfPxError:
-    return HfPxError(f"{feature} is not available yet in this hf-px build; update hf-px")
-
-
 def load(reference: str, args: Any = None) -> tuple[Any, Any]:
     """(model, image processor or None) through :func:`hf_px.checkpoint.load_model`."""
-    try:
-        from ..checkpoint import load_model
-    except ImportError:
-        raise not_available("loading models (hf_px.checkpoint.load_model)") from None
     return load_model(
         resolve(reference),
         allow_pickle=bool(getattr(args, "allow_pickle", False)),
@@ -80,17 +72,6 @@ def public_name(reference: str | None) -> str | None:
     if path.exists() or reference.startswith((".", "/", "~")) or "\\" in reference:
         return path.name or "local"
     return reference
-
-
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Fail before any work when the output directory would be refused anyway."""
-    if path.exists() and not path.is_dir():
-        raise HfPxError(f"--output-dir {path} is a file; choose a directory path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise HfPxError(
-            f"output directory {path} exists and is not empty; "
-            "pass --overwrite to replace it or choose another --output-dir"
-        )
 
 
 def size_on_disk(path: str | Path) -> int:

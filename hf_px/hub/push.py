@@ -15,24 +15,22 @@ folder (symlinks + that one README line rewritten), leaving the folder as it is.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..card import retarget_card
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError, HfPxFailure
+from ..utils import read_json_dict
 
 logger = logging.getLogger(__name__)
 
 _LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
-# the loading snippet of hf_px.card's template when no repo id was known
-_LOCAL_SNIPPET = re.compile(r'^model_id = "\."(?=  # )', re.MULTILINE)
 
 
 def push_to_hub(
@@ -97,7 +95,8 @@ def _upload_view(folder: Path, repo_id: str) -> Iterator[Path]:
         text = (folder / "README.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         text = ""
-    if not _LOCAL_SNIPPET.search(text):
+    readme = retarget_card(text, repo_id)
+    if readme is None:
         yield folder
         return
     with tempfile.TemporaryDirectory(prefix="hf-px-push-") as tmp:
@@ -111,7 +110,6 @@ def _upload_view(folder: Path, repo_id: str) -> Iterator[Path]:
                 os.symlink(path.resolve(), view / rel)
             except OSError:  # no symlinks here (e.g. Windows without the privilege)
                 shutil.copy2(path, view / rel)
-        readme = _LOCAL_SNIPPET.sub(lambda _: f"model_id = {json.dumps(repo_id)}", text)
         (view / "README.md").write_text(readme, encoding="utf-8")
         yield view
 
@@ -153,8 +151,8 @@ def _check_repo_id(repo_id: str) -> None:
 
 def _commit_text(folder: Path) -> tuple[str, str]:
     """A commit summary naming what was pruned and how, from the files being pushed."""
-    config = _read_json(folder / CONFIG_NAME)
-    report = _read_json(folder / REPORT_NAME)
+    config = read_json_dict(folder / CONFIG_NAME)
+    report = read_json_dict(folder / REPORT_NAME)
     if not config:
         return f"Upload {folder.name} with hf-px", ""
     family = config.get("model_type") or "model"
@@ -174,14 +172,6 @@ def _pct(value: Any) -> str:
         return f"{100 * float(value):.1f}%"
     except (TypeError, ValueError):
         return "?"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _as_failure(exc: Exception, repo_id: str, endpoint: str) -> Exception:

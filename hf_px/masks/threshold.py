@@ -4,10 +4,10 @@ Ties are broken by a stable rule: among equal scores, the weight that comes
 first — parameters in `model.named_parameters()` order, then row-major flat
 index — is kept. Already-pruned weights score −∞ and are never kept again.
 
-Collapse guard (`min_density_ratio` = ρ, docs/method.md §5): every tensor keeps
+Collapse guard (`min_density_ratio` = ρ, docs/method.md §6): every tensor keeps
 at least ``max(1, ceil(ρ · d · n_t))`` of its best weights when the round's
 target density is d (and it still has them). With the reference PX semantics an
-HF ResNet loses its whole stem at 90% (measured, PX_METHOD.md §2b); the guard
+HF ResNet loses its whole stem at 90% (measured, docs/method.md §3); the guard
 reserves the floor first and spends the rest of the budget on one global
 threshold, so the total count stays exact. ρ = 0 is the reference behaviour.
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..adapters import Adapter
-from ..calibration.distributed import Reducer
+from ..distributed import Reducer
 from ..errors import HfPxError
 
 Batch = dict[str, Any]
@@ -73,14 +73,28 @@ class ScoringContext:
         return p * self.masks[name].to(p.dtype)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Method:
+    """Everything the rest of hf-px knows about a scoring method, in one place.
+
+    ``needs_data``: the scores depend on the calibration images. ``needs_sample``:
+    data-free (SynFlow feeds ones) but still needs one batch for the input shape.
+    ``label``/``short_label``/``citation`` are what the model card prints.
+    """
+
     name: str
     score: Callable[[ScoringContext, Sequence[Batch]], dict[str, torch.Tensor]]
+    label: str
+    short_label: str | None = None  # the card title's tag; None = `name`
+    citation: str | None = None
     needs_labels: bool = False
     needs_data: bool = True
+    needs_sample: bool = False
     default_rounds: int = 1
-    options: tuple[str, ...] = ()
+
+    @property
+    def needs_batches(self) -> bool:
+        return self.needs_data or self.needs_sample
 
 
 def logits_of(output: Any) -> torch.Tensor:

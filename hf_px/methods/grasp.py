@@ -63,4 +63,11 @@ def _score(ctx, batches, temperature, tensors, leaves, names):
     return {n: (hg[n] * ctx.effective(n)).to(leaves[n].dtype) for n in names}
 
 
-METHOD = Method(name="grasp", score=score, needs_labels=True, default_rounds=1)
+METHOD = Method(
+    name="grasp",
+    score=score,
+    label="GraSP",
+    citation='Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving '
+    'Gradient Flow", ICLR 2020',
+    needs_labels=True,
+)

@@ -13,4 +13,4 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     return {n: ctx.effective(n).abs() for n in ctx.params}
 
 
-METHOD = Method(name="magnitude", score=score, needs_data=False, default_rounds=1)
+METHOD = Method(name="magnitude", score=score, label="global magnitude", needs_data=False)

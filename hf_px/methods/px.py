@@ -218,7 +218,7 @@ def _stable_order(values: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(keys)
 
 
-def _tie_to_value(scores, masks, attn, names_q_k_v):
+def _tie_to_value(scores, masks, attn):
     """Budget rule for gate-only weights: q and k of a block take the score
     distribution of the block's v, rank for rank, so a global threshold keeps them
     at v's density while their own gate sensitivity decides *which* weights stay.
@@ -423,6 +423,9 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
     last recompute and reuses it in between (docs/method.md §2); ``"every"`` is the
     paper's full recompute every round. The kernel net and the threshold are
     recomputed every round either way.
+
+    Long on purpose: the passes (record, data, kernel, backward) share the modes,
+    hooks and cache state, and read here in the order the method defines them.
     """
     model = ctx.model
     bn_mode, norm_mode, qk_mode = options(ctx)
@@ -585,8 +588,10 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
                 scores[n] = scores[n] + (0.5 * (g * eff[n]).abs()).to(scores[n].dtype)
         if qk_mode == "tied":
             with timed(timer, "qk_tie_s"):
-                scores = _tie_to_value(scores, ctx.masks, run.attn, None)
+                scores = _tie_to_value(scores, ctx.masks, run.attn)
     return scores
 
 
-METHOD = Method(name="px", score=score, needs_labels=False, default_rounds=100)
+METHOD = Method(
+    name="px", score=score, label="PX (Path eXclusion)", short_label="PX", default_rounds=100
+)

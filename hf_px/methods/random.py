@@ -18,4 +18,4 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     return out
 
 
-METHOD = Method(name="random", score=score, needs_data=False, default_rounds=1)
+METHOD = Method(name="random", score=score, label="random pruning", needs_data=False)

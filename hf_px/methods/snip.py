@@ -53,4 +53,11 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     return {n: (grads[n] * ctx.effective(n)).abs().to(leaves[n].dtype) for n in ctx.params}
 
 
-METHOD = Method(name="snip", score=score, needs_labels=True, default_rounds=1)
+METHOD = Method(
+    name="snip",
+    score=score,
+    label="SNIP",
+    citation='Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection '
+    'Sensitivity", ICLR 2019',
+    needs_labels=True,
+)

@@ -37,5 +37,12 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
 
 
 METHOD = Method(
-    name="synflow", score=score, needs_labels=False, needs_data=False, default_rounds=100
+    name="synflow",
+    score=score,
+    label="SynFlow",
+    citation='Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by '
+    'iteratively conserving synaptic flow", NeurIPS 2020',
+    needs_data=False,
+    needs_sample=True,  # data-free, but the ones it feeds take a real batch's shape
+    default_rounds=100,
 )

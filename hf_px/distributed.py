@@ -1,4 +1,4 @@
-"""Data-parallel calibration: who scores which batch, and how sums are reduced.
+"""Process infrastructure for data-parallel passes: who scores which batch, how sums are reduced.
 
 Methods never talk to ``torch.distributed``: they ask a :class:`Reducer`, and
 this module is the one place that talks to the backend an
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import HfPxError, HfPxFailure
+from .errors import HfPxError, HfPxFailure
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def check_world_size(accelerator: Any) -> None:
     if launched != seen:
         hint = (
             "create the Accelerator with cpu=True on a machine without GPU "
-            "(hf_px.calibration.make_accelerator does)"
+            "(hf_px.distributed.make_accelerator does)"
             if seen == 1
             else _LAUNCH_FIX
         )
