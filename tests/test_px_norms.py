@@ -196,3 +196,26 @@ def test_defaults_live_in_one_place(monkeypatch):
             strict=True,
         )
     )
+
+
+def test_default_falls_back_to_own_statistics_when_the_exact_aux_nets_overflow(caplog):
+    """MobileNetV2 has no cut to rescale at: the default (bn='eval') overflows, so PX
+    scores with own-statistics normalisation and says so; an explicit bn='eval' is an error."""
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    from hf_px import HfPxError
+    from hf_px.methods.px import OWN_STATISTICS
+
+    torch.manual_seed(0)
+    model = MobileNetV2ForImageClassification(
+        MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=3)
+    ).eval()
+    batches = make_batches(1, 2, 32)
+    with pytest.raises(HfPxError, match="overflowed"):
+        compute_scores(model, batches, method="px", bn="eval")
+    with caplog.at_level("WARNING"):
+        scores = compute_scores(model, batches, method="px")
+    assert any("overflowed" in r.getMessage() for r in caplog.records)
+    own = compute_scores(model, batches, method="px", **OWN_STATISTICS)
+    assert scores.keys() == own.keys()
+    assert all(torch.equal(scores[n], own[n]) for n in scores)

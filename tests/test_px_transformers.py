@@ -52,8 +52,12 @@ def test_adapters_registered_by_model_type():
     assert len(attn) == 2 and attn[0].q.endswith("q_proj.weight")
 
 
-def test_generic_fallback_warns_once(caplog):
+def test_generic_fallback_warns_once(caplog, monkeypatch):
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    import hf_px.adapters as adapters
+
+    monkeypatch.setattr(adapters, "_warned", set())  # other tests may have warned already
 
     model = MobileNetV2ForImageClassification(
         MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=3)

@@ -350,7 +350,39 @@ def options(ctx: ScoringContext) -> tuple[str, str, str]:
     return bn_mode, norm_mode, qk_mode
 
 
+class AuxNetOverflow(HfPxError):
+    """The auxiliary nets without own-statistics normalisation left float range."""
+
+
+#: what a default-option model falls back to when its path-exact aux nets overflow
+OWN_STATISTICS = {"bn": "rms", "norm": "rms"}
+
+
 def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+    """PX scores (:func:`score_wide`). If the default treatments (``bn="eval"``,
+    ``norm="gate"``: no normalisation in the aux nets) overflow because the model has
+    no cut to rescale at, the scores are taken with own-statistics normalisation
+    (:data:`OWN_STATISTICS`) and a warning, once per prune; options the caller set
+    explicitly are never replaced (the overflow is then an error)."""
+    cache = ctx.cache
+    fallback = cache.store.get("px_fallback") if cache is not None else None
+    if fallback:
+        return score_wide(replace(ctx, options={**ctx.options, **fallback}), batches)
+    try:
+        return score_wide(ctx, batches)
+    except AuxNetOverflow:
+        if ctx.options.get("bn") or ctx.options.get("norm"):
+            raise
+        logger.warning(
+            "px: the path-exact auxiliary nets overflowed on this model (no cut to rescale "
+            "at); scoring with px options bn='rms', norm='rms' instead"
+        )
+        if cache is not None:
+            cache.store["px_fallback"] = dict(OWN_STATISTICS)
+        return score_wide(replace(ctx, options={**ctx.options, **OWN_STATISTICS}), batches)
+
+
+def score_wide(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
     """PX scores (:func:`score_once`); a float32 pass that leaves a still-dense tensor
     with only zero scores is redone once in float64.
 
@@ -560,7 +592,7 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
         side = _data_side(ctx, key, compute)
         z_sum, qk_side = side.z_sum, side.qk
         if not (torch.isfinite(z_sum).all() and torch.isfinite(z_kernel).all()):
-            raise HfPxError(
+            raise AuxNetOverflow(
                 "PX's auxiliary nets overflowed on this model; score with px option "
                 "bn='rms' and norm='rms' (own-statistics normalisation keeps them finite)"
             )
