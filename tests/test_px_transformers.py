@@ -71,11 +71,12 @@ def test_generic_fallback_warns_once(caplog, monkeypatch):
 
 
 def test_query_key_raw_gate_scores_are_tiny_and_tied_rule_fixes_budget():
-    """Raw q/k gate scores sit far below v (a global cut would drop attention), and the fix."""
+    """Raw q/k gate scores sit far below v (a global cut would drop attention), and the fix;
+    measured with LayerNorm on the aux nets' own statistics (norm="rms"), where it was found."""
     model = tiny_vit(layers=4)
     batches = make_batches(2, 8, 32)
-    raw = compute_scores(model, batches, method="px", qk="gate")
-    tied = compute_scores(model, batches, method="px", qk="tied")
+    raw = compute_scores(model, batches, method="px", qk="gate", norm="rms")
+    tied = compute_scores(model, batches, method="px", qk="tied", norm="rms")
     q, v = "vit.layers.1.attention.q_proj.weight", "vit.layers.1.attention.v_proj.weight"
     assert raw[q].sum() > 0
     assert raw[q].mean() < 1e-3 * raw[v].mean()  # gate-only weights score far below

@@ -336,6 +336,8 @@ def cut_hooks(
         if not state.rescale:
             return None
         y = output[0] if isinstance(output, tuple) else output
+        if not isinstance(y, torch.Tensor):  # nested outputs: no rescale here (still exact)
+            return None
         peak = float(y.detach().abs().amax()) if y.numel() else 0.0
         if not (peak > 0 and math.isfinite(peak)):
             return None

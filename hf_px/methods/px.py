@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 #: the default treatment per normalisation kind: ``bn`` for BatchNorm nets, ``norm``
 #: for LayerNorm/GroupNorm nets (docs/method.md §3–4.3 say how each was chosen)
-DEFAULTS = {"bn": "eval", "norm": "rms"}
+DEFAULTS = {"bn": "eval", "norm": "gate"}
 BN_MODES = ("reference", "rms", "eval")
 NORM_MODES = ("rms", "gate")
 
