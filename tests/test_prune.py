@@ -78,6 +78,32 @@ def test_top_k_stable_tie_rule():
     assert top_k_stable(flat, 2).tolist() == [False, True, True, False, False, False]
 
 
+def _top_k_by_sort(flat, k):
+    order = torch.sort(-flat, stable=True).indices  # descending, ties in index order
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    keep[order[:k]] = True
+    return keep
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "mostly_pruned", "few_nonzero"])
+def test_top_k_stable_on_large_inputs_equals_a_full_sort(kind):
+    # above the size where the threshold is searched in a sampled bracket
+    g = torch.Generator().manual_seed(3)
+    n = (1 << 20) + 12345
+    flat = torch.rand(n, generator=g)
+    if kind == "ties":
+        flat = (flat * 40).floor()
+    elif kind == "mostly_pruned":
+        flat[torch.rand(n, generator=g) < 0.9] = float("-inf")
+    elif kind == "few_nonzero":
+        flat = torch.zeros(n)
+        flat[-7:] = 1.0
+    for k in (1, 5, n // 10, n // 2, int(0.977 * n), n - 3):
+        got = top_k_stable(flat, k)
+        assert int(got.sum()) == k
+        assert torch.equal(got, _top_k_by_sort(flat, k)), (kind, k)
+
+
 def test_pruned_weights_never_return():
     model = tiny_vit()
     snapshots = []
