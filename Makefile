@@ -18,8 +18,10 @@ install: $(PY)
 quickstart: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
+# Two workers: most of the time is subprocesses importing torch, which leave a core idle.
+# loadgroup keeps the tests that share one expensive module fixture on one worker.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadgroup
 
 test-slow: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

@@ -15,7 +15,9 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker: two workers of two threads on two cores leave
+# OpenMP barriers waiting on descheduled threads (a 1 s test then takes minutes)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 class PixelNet(nn.Module):

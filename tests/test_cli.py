@@ -10,6 +10,7 @@ and image folders written by the tests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -81,6 +82,10 @@ def _assert_one_line_error(proc, code: int, *needles: str) -> str:
 
 
 # -- end to end ------------------------------------------------------------------------------
+# the tests that use `pruned_run` run on one xdist worker, so it is built once
+SHARED_RUN = pytest.mark.xdist_group("cli-pruned-run")
+
+
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     """`hf-px prune px-digits-resnet --sparsity 0.9 --eval --json` (a few rounds)."""
@@ -108,6 +113,7 @@ def pruned_run(tmp_path_factory):
     return tmp, out, proc, data
 
 
+@SHARED_RUN
 def test_prune_json_is_one_object_with_the_truth(pruned_run):
     _, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
@@ -134,6 +140,7 @@ def test_prune_json_is_one_object_with_the_truth(pruned_run):
     assert (out / "pruning_config.json").is_file()
 
 
+@SHARED_RUN
 def test_prune_progress_goes_to_stderr(pruned_run):
     _, _, proc, _ = pruned_run
     assert "pruning (px)" in proc.stderr  # the per-round bar, on stderr only
@@ -141,6 +148,7 @@ def test_prune_progress_goes_to_stderr(pruned_run):
     assert "data_passes" in proc.stderr and "3/3" in proc.stderr  # rounds done (and tqdm's ETA)
 
 
+@SHARED_RUN
 def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
     tmp, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
@@ -155,6 +163,7 @@ def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
     assert "pruned with px" in human and "classifier.1.weight" in human
 
 
+@SHARED_RUN
 def test_eval_gives_the_numbers_prune_measured(pruned_run):
     """`hf-px eval` on the written checkpoint = prune's own after-pruning evaluation."""
     tmp, out, proc, data = pruned_run
@@ -167,6 +176,7 @@ def test_eval_gives_the_numbers_prune_measured(pruned_run):
     assert d["loss"] == pytest.approx(after["loss"], rel=1e-5)
 
 
+@SHARED_RUN
 def test_reload_with_plain_from_pretrained_in_a_fresh_process(pruned_run):
     tmp, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
@@ -350,6 +360,20 @@ def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(HfPxError, match="0.9"):
         run(["prune", "m", "--sparsity", "90", "--debug"])
+
+
+def test_in_process_run_leaves_environ_and_logger_as_it_found_them(tmp_path, monkeypatch, capsys):
+    """--quiet sets TRANSFORMERS_VERBOSITY=error for the command; a later subprocess of
+    the same interpreter (a test, a notebook cell) must not inherit it."""
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    log = logging.getLogger("hf_px")
+    before = (list(log.handlers), log.level, log.propagate)
+    environ = dict(os.environ)
+    assert run(["inspect", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "hf-px: error:" in capsys.readouterr().err
+    assert dict(os.environ) == environ
+    assert (list(log.handlers), log.level, log.propagate) == before
 
 
 # -- in-process: the output-dir rule -----------------------------------------------------------

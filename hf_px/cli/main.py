@@ -51,7 +51,27 @@ def _wants_debug(argv: list[str]) -> bool:
 
 
 def run(argv: list[str]) -> int:
-    """Parse `argv`, run the command, map exceptions to (one line, exit code)."""
+    """Parse `argv`, run the command, map exceptions to (one line, exit code).
+
+    Called in-process (tests, notebooks), it leaves ``os.environ`` and the ``hf_px``
+    logger as it found them: the verbosity and progress-bar switches it sets are for
+    this command only.
+    """
+    environ = dict(os.environ)
+    log = logging.getLogger("hf_px")
+    logger_state = (list(log.handlers), log.level, log.propagate)
+    try:
+        return _run(argv)
+    finally:
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        log.handlers[:], log.level, log.propagate = logger_state
+
+
+def _run(argv: list[str]) -> int:
     debug = _wants_debug(argv)
     try:
         args = build_parser().parse_args(argv)
