@@ -291,10 +291,12 @@ def image_transform(
     image-classification examples do; `label_table` maps data-set ids to the
     model's (by class name, :func:`hf_px.evaluation.label_mapping`).
     """
-    from .calibration.data import _decode
+    from .calibration.images import decode_image
 
     def transform(batch: dict[str, list]) -> dict[str, torch.Tensor]:
-        images = [_decode(v, f"an image of column {image_column!r}") for v in batch[image_column]]
+        images = [
+            decode_image(v, f"an image of column {image_column!r}") for v in batch[image_column]
+        ]
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         labels = torch.as_tensor(batch[label_column], dtype=torch.long)
         if label_table is not None:

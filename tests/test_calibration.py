@@ -366,8 +366,8 @@ _STREAM_PROBE = """
 import json, sys
 from hf_px.calibration import dataset_label_names, default_image_processor, load_calibration_batches
 from hf_px import HfPxError
-import hf_px.calibration.data as data
-data._STREAM_BUFFER = 100  # a small shuffle buffer: 2 of the 36 shards (plus read-ahead)
+import hf_px.calibration.sampling as sampling
+sampling._STREAM_BUFFER = 100  # a small shuffle buffer: 2 of the 36 shards (plus read-ahead)
 batches = load_calibration_batches("user/digits", image_processor=default_image_processor(image_size=8),
                                    examples_per_class=2, batch_size=8)
 labels = sorted(int(y) for b in batches for y in b["labels"])

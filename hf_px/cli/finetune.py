@@ -66,8 +66,8 @@ def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
     ds = calibration.open_dataset(
         ref, dataset_config=args.dataset_config, split=split, streaming=False
     )
-    image_col = calibration.data.image_column_of(ds, args.image_column)
-    label_col = calibration.data.label_column_of(ds, args.label_column)
+    image_col = calibration.columns.image_column_of(ds, args.image_column)
+    label_col = calibration.columns.label_column_of(ds, args.label_column)
     if label_col is None:
         name = public_name(ref) or calibration.DEFAULT_DATASET
         raise HfPxError(
@@ -80,17 +80,13 @@ def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
                 f"the dataset has only {len(ds)} images, fewer than --num-samples {num_samples}"
             )
         ds = ds.shuffle(seed=args.seed).select(range(num_samples))
-    names = calibration.dataset_label_names(
-        ref, dataset_config=args.dataset_config, split=split, label_column=label_col,
-        streaming=False,
-    )  # fmt: skip
-    table = label_mapping(model, names)
+    table = label_mapping(model, calibration.columns.class_names(ds, label_col))
     labels = ds[label_col]
     if any(not isinstance(y, int) or y < 0 for y in labels):
         raise HfPxError(
             f"label column {label_col!r} has missing or negative labels; use a labelled split"
         )
-    ds = calibration.data._cast_undecoded(ds, image_col).select_columns([image_col, label_col])
+    ds = calibration.columns.cast_undecoded(ds, image_col).select_columns([image_col, label_col])
     return ds.with_transform(image_transform(processor, image_col, label_col, table))
 
 
