@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import HfPxError
+from .utils import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ def local_files(
             "download it once online, or pass a local directory"
         ) from None
     except (errors.HfHubHTTPError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HfPxError(f"cannot download {text!r} from the Hub ({first}); retry later") from None
+        raise HfPxError(
+            f"cannot download {text!r} from the Hub ({first_line(err)}); retry later"
+        ) from None
 
 
 SCOPES = ("global", "layerwise")

@@ -1,5 +1,5 @@
 """Small facts every layer reads the same way: the Hub's offline switch, lenient JSON
-files, and which safetensors files hold a checkpoint's weights."""
+files, which safetensors files hold a checkpoint's weights, and an error's first line."""
 
 from __future__ import annotations
 
@@ -58,3 +58,9 @@ def not_found_hint(online_hint: str) -> str:
     if hub_offline():
         return "HF_HUB_OFFLINE is set: download it first or pass a local directory"
     return online_hint
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HfPxError
+from ..utils import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,5 @@ def load_image_processor(
 
 
 def _no_processor(model, err: BaseException) -> None:
-    text = str(err).strip()
-    reason = text.splitlines()[0] if text else type(err).__name__
-    logger.info("no image processor for %s (%s); using the default", model, reason)
+    logger.info("no image processor for %s (%s); using the default", model, first_line(err))
     return None

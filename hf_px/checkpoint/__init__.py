@@ -6,9 +6,10 @@
 ``bitmask`` checkpoints on load.
 """
 
+from ..loading import load_model  # the source-model loader, kept importable from here
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
-from .save import FORMATS, check_output_dir, load_model, save_pruned
+from .save import FORMATS, check_output_dir, save_pruned
 from .state import MASKS_NAME, load_pruning
 
 _install()

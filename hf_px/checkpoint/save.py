@@ -1,4 +1,4 @@
-"""`save_pruned` (atomic, two storage formats) and `load_model` (safe loading for the CLI).
+"""`save_pruned`: a pruned model as a Hugging Face model directory (atomic, two formats).
 
 Layout written (a standard Hugging Face model directory)::
 
@@ -8,7 +8,7 @@ Layout written (a standard Hugging Face model directory)::
     pruning_config.json          PruningConfig (reproduces the run)
     pruning_masks.safetensors    the masks, position-coded (:mod:`.state`; load_pruning)
     sparsity_report.json         PruningResult.report()
-    README.md (+ card assets)    hf_px.card.write_card, when that module exists
+    README.md (+ card assets)    hf_px.card.write_card
 
 Formats:
 
@@ -47,7 +47,7 @@ from ..card import write_card
 from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..masks.check import check_masks
-from ..utils import SAFE_INDEX_NAME, not_found_hint, weight_files
+from ..utils import SAFE_INDEX_NAME, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 from .state import write_masks
@@ -347,109 +347,3 @@ def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
                     f"{f.name} would contain a local path or user name ({n!r}); nothing was "
                     "written — pass Hub ids or relative names instead of local paths"
                 )
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_model(
-    name_or_path: str | os.PathLike,
-    *,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-) -> tuple[nn.Module, Any]:
-    """Load an image classifier (eval mode) and its image processor (or None).
-
-    Reads safetensors only unless ``allow_pickle`` (a ``.bin`` checkpoint runs
-    pickle code); remote code only with ``trust_remote_code``. Dense and
-    `bitmask` checkpoints both load (hf-px registers the decoder on import).
-    """
-    from .quantizer import install
-
-    install()
-    name = str(name_or_path)
-    config = _load_config(name, trust_remote_code)
-    from transformers import AutoModelForImageClassification
-
-    mapping = AutoModelForImageClassification._model_mapping
-    auto_map = getattr(config, "auto_map", None) or {}
-    if type(config) not in mapping and "AutoModelForImageClassification" not in auto_map:
-        raise HfPxError(
-            f"{name} is a {getattr(config, 'model_type', '?')!r} model, not an image classifier; "
-            "pass an image-classification checkpoint"
-        )
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if not allow_pickle:
-        kwargs["use_safetensors"] = True
-    try:
-        # no request to the Hub's safetensors-conversion bot on our users' behalf
-        with _env("DISABLE_SAFETENSORS_CONVERSION", "1"):
-            model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
-    except OSError as e:
-        if not allow_pickle and _has_pickle_weights(name, str(e)):
-            raise HfPxError(
-                f"{name} has no safetensors weights, only pickle (.bin) ones, which can run "
-                "arbitrary code when loaded; pass --allow-pickle if you trust it"
-            ) from None
-        raise HfPxError(f"cannot load weights of {name}: {_first_line(e)}") from None
-    model.eval()
-    return model, _load_image_processor(name, trust_remote_code)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _load_config(name: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoConfig
-
-    local = Path(name).expanduser()
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise HfPxError(f"{name} is not a model directory (no config.json)")
-    try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError:
-        local = Path(name).expanduser()
-        if local.exists():
-            raise HfPxError(f"{name} is not a model directory (no config.json)") from None
-        hint = not_found_hint("check the model id, your network, or pass a local directory")
-        raise HfPxError(f"cannot find model {name!r} locally or on the Hub; {hint}") from None
-    except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise HfPxError(
-                f"{name} needs custom code from its repository; pass --trust-remote-code "
-                "if you trust it"
-            ) from None
-        raise HfPxError(f"cannot read the config of {name}: {_first_line(e)}") from None
-
-
-@contextmanager
-def _env(key: str, value: str) -> Iterator[None]:
-    old = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def _has_pickle_weights(name: str, message: str) -> bool:
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return any(local.glob("*.bin")) and not any(local.glob("*.safetensors"))
-    # transformers: "... cannot be loaded with `safetensors`" (a Hub repo without them)
-    return "cannot be loaded with `safetensors`" in message
-
-
-def _load_image_processor(name: str, trust_remote_code: bool) -> Any:
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, ImportError) as e:
-        logger.info("no image processor for %s (%s)", name, _first_line(e))
-        return None

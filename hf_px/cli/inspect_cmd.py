@@ -8,7 +8,7 @@ from typing import Any
 
 from ..checkpoint import inspect_checkpoint
 from ..errors import HfPxError
-from ..utils import not_found_hint
+from ..utils import first_line, not_found_hint
 from . import output, parsing
 from .resolve import resolve
 
@@ -31,9 +31,9 @@ def _local_dir(reference: str) -> Path:
         hint = not_found_hint("check your network or pass a local directory")
         raise HfPxError(f"cannot find {reference!r} locally or on the Hub; {hint}") from None
     except (HfHubHTTPError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HfPxError(
-            f"cannot fetch {reference!r} from the Hub ({first}); check the id or pass a local directory"
+            f"cannot fetch {reference!r} from the Hub ({first_line(e)}); check the id or pass "
+            "a local directory"
         ) from None
 
 

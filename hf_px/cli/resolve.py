@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_model
+from ..loading import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # short names for the models hf-px ships (usable wherever MODEL is expected)
@@ -47,7 +47,7 @@ def default_output_dir(reference: str, sparsity: float) -> Path:
 
 
 def load(reference: str, args: Any = None) -> tuple[Any, Any]:
-    """(model, image processor or None) through :func:`hf_px.checkpoint.load_model`."""
+    """(model, image processor or None) through :func:`hf_px.loading.load_model`."""
     return load_model(
         resolve(reference),
         allow_pickle=bool(getattr(args, "allow_pickle", False)),
