@@ -1,8 +1,8 @@
 """The batches `compute_scores`/`prune` and evaluation take, from a dataset reference.
 
-Both loaders follow one flow (:func:`_load`): open the dataset, find its image and
-label columns, pick the rows, check their labels, decode each image once, and run
-the image processor. They differ only in which rows they pick: calibration draws a
+Both loaders take the same steps: open the dataset and find its image and label
+columns (:func:`_open`), pick the rows, then check their labels, decode each image
+once and run the image processor (:func:`_prepare`). They differ only in which rows they pick: calibration draws a
 class-balanced or random sample in a seeded random order (classes mixed, so
 BatchNorm statistics in a batch see several classes); evaluation takes the whole
 split, or a seeded subset, in dataset order.
@@ -10,10 +10,8 @@ split, or a seeded subset, in dataset order.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,9 +25,6 @@ from .processors import default_image_processor
 from .sources import describe, is_streamed, open_dataset
 
 logger = logging.getLogger(__name__)
-
-# (dataset, image column, label column or None) -> (rows, label column or None)
-Pick = Callable[..., tuple[list[sampling.Row], str | None]]
 
 
 def load_calibration_batches(
@@ -54,26 +49,13 @@ def load_calibration_batches(
     without labels. Raises :class:`HfPxError` with the fix for every bad input.
     """
     sampling.check_positive("batch_size", batch_size)
-    pick = functools.partial(
-        _calibration_rows,
-        dataset=dataset,
-        num_samples=num_samples,
-        examples_per_class=examples_per_class,
-        seed=seed,
-        need_labels=need_labels,
+    ds, image_col, label_col = _open(
+        dataset, dataset_config, split, streaming, image_column, label_column
     )
-    batches = _load(
-        dataset,
-        pick,
-        dataset_config=dataset_config,
-        split=split,
-        streaming=streaming,
-        image_column=image_column,
-        label_column=label_column,
-        image_processor=image_processor,
-        batch_size=batch_size,
-        need_labels=need_labels,
+    rows, label_col = _calibration_rows(
+        ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels
     )
+    batches = _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels)
     logger.info(
         "calibration: %d images in %d batches from %s",
         sum(len(b["pixel_values"]) for b in batches),
@@ -101,38 +83,22 @@ def load_labelled_batches(
     sampling.check_positive("batch_size", batch_size)
     if num_samples is not None:
         sampling.check_positive("num_samples", num_samples)
-    pick = functools.partial(_evaluation_rows, dataset=dataset, num_samples=num_samples, seed=seed)
-    return _load(
-        dataset,
-        pick,
-        dataset_config=dataset_config,
-        split=split,
-        streaming=streaming,
-        image_column=image_column,
-        label_column=label_column,
-        image_processor=image_processor,
-        batch_size=batch_size,
-        need_labels=True,
+    ds, image_col, label_col = _open(
+        dataset, dataset_config, split, streaming, image_column, label_column
     )
+    rows = _evaluation_rows(ds, image_col, label_col, dataset, num_samples, seed)
+    return _prepare(rows, label_col, image_processor, batch_size, dataset, True)
 
 
-def _load(
-    dataset,
-    pick: Pick,
-    *,
-    dataset_config,
-    split,
-    streaming,
-    image_column,
-    label_column,
-    image_processor,
-    batch_size: int,
-    need_labels: bool,
-) -> list[dict[str, torch.Tensor]]:
-    """The flow both loaders share; `pick` chooses the rows."""
+# -- the steps both loaders take: open, pick the rows (their own), prepare ------------------
+def _open(dataset, dataset_config, split, streaming, image_column, label_column):
+    """(dataset, its image column, its label column or None)."""
     ds = open_dataset(dataset, dataset_config=dataset_config, split=split, streaming=streaming)
-    image_col = image_column_of(ds, image_column)
-    rows, label_col = pick(ds, image_col, label_column_of(ds, label_column))
+    return ds, image_column_of(ds, image_column), label_column_of(ds, label_column)
+
+
+def _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels) -> list[dict]:
+    """Check the rows' labels, decode each image once, run the image processor."""
     sampling.check_labels(rows, label_col)
     processor = image_processor if image_processor is not None else default_image_processor()
     return _batches(rows, processor, batch_size, describe(dataset), need_labels)
@@ -146,7 +112,7 @@ def _no_labels(who: str, dataset) -> HfPxError:
 
 
 def _calibration_rows(
-    ds, image_col, label_col, *, dataset, num_samples, examples_per_class, seed, need_labels
+    ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels
 ):
     """k images of every class, or n images, drawn with `seed` in a random order."""
     streamed = is_streamed(ds)
@@ -179,7 +145,7 @@ def _calibration_rows(
     return sampling.map_rows(ds, indices, image_col, label_col), label_col
 
 
-def _evaluation_rows(ds, image_col, label_col, *, dataset, num_samples, seed):
+def _evaluation_rows(ds, image_col, label_col, dataset, num_samples, seed):
     """The whole split, or `num_samples` rows drawn with `seed`, in dataset order."""
     if label_col is None:
         raise _no_labels("evaluation", dataset)
@@ -193,7 +159,7 @@ def _evaluation_rows(ds, image_col, label_col, *, dataset, num_samples, seed):
     else:
         rng = np.random.default_rng(seed)
         indices = sampling.random_indices(len(ds), num_samples, rng, what, in_order=True)
-    return sampling.map_rows(ds, indices, image_col, label_col), label_col
+    return sampling.map_rows(ds, indices, image_col, label_col)
 
 
 def _batches(rows, processor, batch_size: int, where: str, need_labels: bool) -> list[dict]:
