@@ -41,7 +41,7 @@ def _save(img: Image.Image, path) -> None:
 
 @pytest.fixture
 def folder(tmp_path):
-    """Three classes, 3 images each, in every mode the issue names."""
+    """Three classes, 3 images each (RGB, grey, palette), plus an RGBA PNG and a JPEG."""
     rng = np.random.default_rng(0)
     root = tmp_path / "imgs"
     for c in ("ant", "bee", "cat"):
