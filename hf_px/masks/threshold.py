@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import HfPxFailure
+from ..utils import count_kept
 
 
 def _prepared(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
@@ -75,13 +76,6 @@ def degenerate_scores_error(tied: list[tuple[str, float]], total: int) -> HfPxFa
 #: below this many alive entries a full partition is as fast as the bracketed search
 _BRACKET_MIN = 1 << 20
 _SAMPLE = 1 << 16
-
-
-def count_kept(mask: torch.Tensor) -> int:
-    """Number of True entries (numpy's count is ~30x torch's bool sum on CPU, measured)."""
-    if mask.device.type == "cpu" and mask.dtype == torch.bool:
-        return int(np.count_nonzero(mask.contiguous().numpy()))
-    return int(torch.count_nonzero(mask))
 
 
 def _kth_largest(values: list[np.ndarray], alive: list[np.ndarray], n_alive: int, k: int):
