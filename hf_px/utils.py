@@ -84,7 +84,8 @@ def zero_where_pruned(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask, measured); a NaN it made is redone with `where`."""
     if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
         given = scores.detach().contiguous().numpy()
-        out = given * mask.contiguous().numpy()
+        with np.errstate(invalid="ignore"):  # inf·0 is handled below
+            out = given * mask.contiguous().numpy()
         out += 0.0  # −0.0 + 0.0 is +0.0
         if not np.isnan(out).any() or np.isnan(given).any():
             return torch.from_numpy(out)
