@@ -146,23 +146,32 @@ def keep_top(values: list[torch.Tensor], alive: list[torch.Tensor], k: int) -> l
     (1-D, same lengths as `alive`); ties go to the lowest (array, index)."""
     if all(v.device.type == "cpu" for v in values):
         return _keep_top_numpy(values, alive, k)
+    return keep_top_torch(values, alive, k)
+
+
+def keep_top_torch(values, alive, k: int) -> list[torch.Tensor]:
+    """`keep_top` with torch ops on any device: one `kthvalue` over every score."""
     flat = torch.cat(
         [
             torch.where(a, v, torch.full_like(v, -math.inf))
             for v, a in zip(values, alive, strict=True)
         ]
     )
-    chosen = top_k_stable(flat, k)
+    chosen = _top_k_torch(flat, k)
     return list(torch.split(chosen, [v.numel() for v in values]))
 
 
 def top_k_stable(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k largest entries; ties go to the lowest index."""
-    n = flat.numel()
     if flat.device.type == "cpu" and flat.is_floating_point():
         wide = flat.dtype in (torch.float32, torch.float64)
         values = (flat if wide else flat.to(torch.float32)).reshape(-1).contiguous()
-        return keep_top([values], [torch.ones(n, dtype=torch.bool)], k)[0]
+        return keep_top([values], [torch.ones(flat.numel(), dtype=torch.bool)], k)[0]
+    return _top_k_torch(flat, k)
+
+
+def _top_k_torch(flat: torch.Tensor, k: int) -> torch.Tensor:
+    n = flat.numel()
     keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k <= 0:
         return keep
