@@ -19,6 +19,7 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
+from .utils import zero_where_pruned
 
 
 def _denormals_flushed() -> bool:
@@ -94,10 +95,7 @@ def _score(method: Method, ctx: ScoringContext, batches: list[dict]) -> dict[str
     with flush_denormal(), torch.enable_grad():
         scores = method.score(ctx, shard)
     # pruned weights carry nothing (exactly 0, never −0.0 or NaN from 0·inf)
-    return {
-        n: torch.where(ctx.masks[n], s, torch.zeros((), dtype=s.dtype, device=s.device))
-        for n, s in scores.items()
-    }
+    return {n: zero_where_pruned(s, ctx.masks[n]) for n, s in scores.items()}
 
 
 def compute_scores(

