@@ -19,9 +19,9 @@ quickstart: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
 # Two workers: most of the time is subprocesses importing torch, which leave a core idle.
-# loadgroup keeps the tests that share one expensive module fixture on one worker.
+# loadscope keeps a module on one worker, so its module fixtures are built once.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadscope
 
 test-slow: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

@@ -82,10 +82,6 @@ def _assert_one_line_error(proc, code: int, *needles: str) -> str:
 
 
 # -- end to end ------------------------------------------------------------------------------
-# the tests that use `pruned_run` run on one xdist worker, so it is built once
-SHARED_RUN = pytest.mark.xdist_group("cli-pruned-run")
-
-
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     """`hf-px prune px-digits-resnet --sparsity 0.9 --eval --json` (a few rounds)."""
@@ -113,7 +109,6 @@ def pruned_run(tmp_path_factory):
     return tmp, out, proc, data
 
 
-@SHARED_RUN
 def test_prune_json_is_one_object_with_the_truth(pruned_run):
     _, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
@@ -140,7 +135,6 @@ def test_prune_json_is_one_object_with_the_truth(pruned_run):
     assert (out / "pruning_config.json").is_file()
 
 
-@SHARED_RUN
 def test_prune_progress_goes_to_stderr(pruned_run):
     _, _, proc, _ = pruned_run
     assert "pruning (px)" in proc.stderr  # the per-round bar, on stderr only
@@ -148,7 +142,6 @@ def test_prune_progress_goes_to_stderr(pruned_run):
     assert "data_passes" in proc.stderr and "3/3" in proc.stderr  # rounds done (and tqdm's ETA)
 
 
-@SHARED_RUN
 def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
     tmp, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
@@ -163,7 +156,6 @@ def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
     assert "pruned with px" in human and "classifier.1.weight" in human
 
 
-@SHARED_RUN
 def test_eval_gives_the_numbers_prune_measured(pruned_run):
     """`hf-px eval` on the written checkpoint = prune's own after-pruning evaluation."""
     tmp, out, proc, data = pruned_run
@@ -176,7 +168,6 @@ def test_eval_gives_the_numbers_prune_measured(pruned_run):
     assert d["loss"] == pytest.approx(after["loss"], rel=1e-5)
 
 
-@SHARED_RUN
 def test_reload_with_plain_from_pretrained_in_a_fresh_process(pruned_run):
     tmp, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)

@@ -64,10 +64,6 @@ def _wait(proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
 
 
-# the tests that use `runs` run on one xdist worker, so it is built once
-SHARED_RUN = pytest.mark.xdist_group("distributed-runs")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
     """One process (plain python) and two processes (torchrun), started together."""
@@ -88,7 +84,6 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     }
 
 
-@SHARED_RUN
 def test_plain_accelerator_under_torchrun_on_cpu_is_refused(runs):
     """`Accelerator()` without cpu=True on a machine without GPU: each rank sees one
     process (it would score everything and write twice); both ranks refuse."""
@@ -103,7 +98,6 @@ def _assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[n], b[n]), (n, float((a[n].double() - b[n].double()).abs().max()))
 
 
-@SHARED_RUN
 def test_two_processes_really_split_the_batches(runs):
     r0, r1, one = runs["rank0"], runs["rank1"], runs["one"]
     assert one["world_size"] == 1 and r0["world_size"] == 2 and r1["world_size"] == 2
@@ -115,7 +109,6 @@ def test_two_processes_really_split_the_batches(runs):
 
 
 @pytest.mark.parametrize("case", [c[0] for c in worker.CASES])
-@SHARED_RUN
 def test_two_processes_give_the_single_process_scores_and_masks(runs, case):
     one, r0, r1 = runs["one"][case], runs["rank0"][case], runs["rank1"][case]
     assert any(float(s.abs().max()) > 0 for s in one["scores"].values())
@@ -130,7 +123,6 @@ def test_two_processes_give_the_single_process_scores_and_masks(runs, case):
     assert kept == total - round(0.8 * total)
 
 
-@SHARED_RUN
 def test_collectives_sum_and_detect_different_weights(runs):
     for rank in ("rank0", "rank1"):
         red = runs[rank]["reducer"]
@@ -150,7 +142,6 @@ def test_collectives_sum_and_detect_different_weights(runs):
 
 @pytest.mark.slow
 @pytest.mark.ci
-@SHARED_RUN
 def test_accelerate_launch_multi_gpu_on_cpu_matches(runs, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` starts two gloo processes on CPU."""
     out = tmp_path / "acc"
