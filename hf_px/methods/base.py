@@ -21,6 +21,7 @@ from torch.func import functional_call
 from ..adapters import Adapter
 from ..distributed import Reducer
 from ..errors import HfPxError
+from ..utils import times_mask
 
 Batch = dict[str, Any]
 
@@ -69,8 +70,7 @@ class ScoringContext:
 
     def effective(self, name: str) -> torch.Tensor:
         """theta * mask, detached."""
-        p = self.params[name].detach()
-        return p * self.masks[name].to(p.dtype)
+        return times_mask(self.params[name].detach(), self.masks[name])
 
 
 @dataclass(frozen=True)
