@@ -354,6 +354,8 @@ def _data_side(ctx: ScoringContext, key: tuple, compute) -> _DataSide:
     side = compute(density)
     if cache is not None:
         cache.notes["data_refreshed"] = True
+        if policy is not None:  # lets `prune` count the refreshes still to come (its ETA)
+            cache.refresh_plan = (policy, density)
         if isinstance(old, _DataSide) and old.key == key:
             cache.notes["data_drift"] = _drift(old, side)
         if policy is not None:
