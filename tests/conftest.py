@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # one thread per pytest-xdist worker: two workers of two threads on two cores leave
 # OpenMP barriers waiting on descheduled threads (a 1 s test then takes minutes)
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# the same for the child processes the tests start (CLI, quickstart, scripts)
+CHILD_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+os.environ.setdefault("OMP_NUM_THREADS", CHILD_THREADS)
 
 
 class PixelNet(nn.Module):

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PixelNet, make_batches, pruned, tiny_convnext, tiny_resnet, tiny_vit
+from conftest import (
+    CHILD_THREADS,
+    PixelNet,
+    make_batches,
+    pruned,
+    tiny_convnext,
+    tiny_resnet,
+    tiny_vit,
+)
 from huggingface_hub import ModelCard
 from PIL import Image
 from torch import nn
@@ -176,7 +184,7 @@ def test_card_snippet_runs_as_written(tmp_path, storage):
         assert "import hf_px" not in snippet
         check = "import sys; assert 'hf_px' not in sys.modules, 'hf_px was imported'\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="2")
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS=CHILD_THREADS)
     proc = subprocess.run(
         [sys.executable, "-c", snippet + check], cwd=out, env=env, capture_output=True, text=True
     )

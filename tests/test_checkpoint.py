@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import bits, make_batches, pruned, tiny_convnext, tiny_resnet, tiny_vit
+from conftest import CHILD_THREADS, bits, make_batches, pruned, tiny_convnext, tiny_resnet, tiny_vit
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
@@ -39,7 +39,7 @@ def listing(d: Path) -> dict[str, bytes]:
 
 
 def run_fresh(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TQDM_DISABLE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=CHILD_THREADS, TQDM_DISABLE="1")
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
         capture_output=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env, tiny_vit
+from conftest import CHILD_THREADS, subprocess_env, tiny_vit
 
 from hf_px.cli.main import run
 from hf_px.cli.resolve import SHIPPED, default_output_dir, model_name, sparsity_tag
@@ -46,7 +46,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
     values = {
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(tmp / "hf_home"),
-        "OMP_NUM_THREADS": "2",
+        "OMP_NUM_THREADS": CHILD_THREADS,
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONPATH": str(ROOT),
     }

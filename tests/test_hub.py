@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pruned, subprocess_env, tiny_vit
+from conftest import CHILD_THREADS, pruned, subprocess_env, tiny_vit
 from hub_server import HubServer
 from safetensors.torch import load_file
 
@@ -113,7 +113,7 @@ def _env(hub_url: str, home: Path, token: str | None) -> dict[str, str]:
         HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         SLEEP_LOG=str(home.parent / f"sleeps-{home.name}.json"),
-        OMP_NUM_THREADS="2",
+        OMP_NUM_THREADS=CHILD_THREADS,
     )
     if token is not None:
         env["HF_TOKEN"] = token
