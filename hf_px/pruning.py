@@ -19,6 +19,7 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
+from .utils import zero_where_pruned
 
 
 def _denormals_flushed() -> bool:
@@ -94,10 +95,7 @@ def _score(method: Method, ctx: ScoringContext, batches: list[dict]) -> dict[str
     with flush_denormal(), torch.enable_grad():
         scores = method.score(ctx, shard)
     # pruned weights carry nothing (exactly 0, never −0.0 or NaN from 0·inf)
-    return {
-        n: torch.where(ctx.masks[n], s, torch.zeros((), dtype=s.dtype, device=s.device))
-        for n, s in scores.items()
-    }
+    return {n: zero_where_pruned(s, ctx.masks[n]) for n, s in scores.items()}
 
 
 def compute_scores(
@@ -190,6 +188,8 @@ def prune(
     cache = RoundCache()  # one per run: lets a method reuse work across rounds
     t0 = time.perf_counter()
     scoring_s = threshold_s = 0.0
+    refreshed: list[float] = []  # round seconds, rounds that did / did not recompute
+    reused: list[float] = []
     for r, k in enumerate(counts, start=1):
         ctx = ScoringContext(
             model=model,
@@ -212,18 +212,16 @@ def prune(
         scoring_s += t_scored - t_round
         threshold_s += t_done - t_scored
         history.append({"round": r, "density": density, **cache.notes})
+        (refreshed if cache.notes.get("data_refreshed", True) else reused).append(t_done - t_round)
         if callback is not None:
-            elapsed = t_done - t0
             callback(
                 {
                     "round": r,
                     "rounds": rounds,
                     "density": density,
                     "masks": masks,
-                    "elapsed_s": elapsed,
-                    # refreshes are spread evenly over the rounds (the schedule is
-                    # geometric in density), so the mean round time extrapolates
-                    "eta_s": elapsed / r * (rounds - r),
+                    "elapsed_s": t_done - t0,
+                    "eta_s": _eta(refreshed, reused, cache.refresh_plan, counts[r - 1 :], total),
                     **cache.notes,
                 }
             )
@@ -247,6 +245,27 @@ def prune(
         timings=timings,
         history=history,
     )
+
+
+def _eta(refreshed, reused, plan, scored_counts, total) -> float:
+    """Seconds left: each round to come costs the mean of the rounds of its kind so
+    far. With a method's `refresh_plan`, the rounds to come that recompute are
+    known from the schedule (``scored_counts``: the kept counts those rounds
+    score, the last one unused); without one every round counts alike."""
+    left = len(scored_counts) - 1
+    times = refreshed + reused
+    if left <= 0 or not times:
+        return 0.0
+    if plan is None or not refreshed:
+        return sum(times) / len(times) * left
+    fraction, last = plan
+    n_refresh = 0
+    for kept in scored_counts[:-1]:
+        if kept / total <= (1.0 - fraction) * last:
+            n_refresh, last = n_refresh + 1, kept / total
+    t_refresh = sum(refreshed) / len(refreshed)
+    t_reuse = sum(reused) / len(reused) if reused else t_refresh
+    return n_refresh * t_refresh + (left - n_refresh) * t_reuse
 
 
 def _settings(config: PruningConfig | None, **overrides: Any) -> PruningConfig:

@@ -23,10 +23,12 @@ best of ``--repeats``. Prints one JSON object:
   full recompute on a second, disjoint calibration draw of the same size, and the
   full recompute with 2 threads (round-off only).
 * ``full_size`` (``--full-size``) — the same cost figures on full-size configs
-  (ResNet-50, ViT-base, ConvNeXt-tiny, random init, random images at
-  ``--image-size``), extrapolated: CPU seconds of a refreshed and of a reused
-  round from the default prune's first ``--every-rounds`` rounds, of a full
-  round from the full recompute's first 2, times the schedule's counts.
+  (ResNet-50, ViT-base, ConvNeXt-tiny, 1000 classes, random init; by default the
+  data a default `hf-px prune` uses: ``--images 100`` random images at
+  ``--image-size 224`` in batches of 8), extrapolated: CPU seconds of a refreshed
+  and of a reused round from the default prune's first ``--every-rounds`` rounds,
+  of a full round from the full recompute's first round, times the schedule's
+  counts; ``--complete`` also runs the whole default prune and measures it.
 * ``quality`` (``--quality``) — bench_quality's at-init recipe for ``--data``
   (digits or fashion-mnist: prune at init, train with masks fixed, top-1 on the
   test split) with 100-round PX at the current default ``bn`` / ``norm``, for
@@ -501,16 +503,29 @@ def _refreshes(sparsity, rounds, refresh) -> int:
     return n
 
 
-def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, refresh):
-    """Per-round CPU seconds of the default prune's first `stop_after` rounds (refreshed
-    and reused rounds apart) and of the full recompute's first 2 rounds, extrapolated
-    to `rounds` rounds with the schedule's refresh count."""
-    sys.path.insert(0, str(ROOT / "scripts"))
+def _full_size_data(image_size, n_images, batch_size):
     from _bench_models import batches
+
+    data = batches(n_images // batch_size, batch_size, image_size, FULL_SIZE_LABELS)
+    if n_images % batch_size:  # the remainder as a last, smaller batch (as a data loader gives)
+        data += batches(1, n_images % batch_size, image_size, FULL_SIZE_LABELS, seed=1)
+    return data
+
+
+#: full-size configs are ImageNet classifiers
+FULL_SIZE_LABELS = 1000
+
+
+def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, refresh, complete):
+    """Per-round CPU seconds of the default prune's first `stop_after` rounds (refreshed
+    and reused rounds apart) and of the full recompute's first round, extrapolated to
+    `rounds` rounds with the schedule's refresh count; with `complete`, the whole
+    default prune is run and measured as well."""
+    sys.path.insert(0, str(ROOT / "scripts"))
     from _bench_models import build as build_full
 
-    model = build_full(name, image_size)
-    data = batches(max(1, n_images // batch_size), batch_size, image_size)
+    model = build_full(name, image_size, FULL_SIZE_LABELS)
+    data = _full_size_data(image_size, n_images, batch_size)
     snip = _snip_s(model, data, 1)
 
     def first_rounds(n, **opts):
@@ -532,7 +547,7 @@ def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, re
         return ref, reused
 
     ref, reused = first_rounds(stop_after, refresh=refresh)
-    every, _ = first_rounds(2, refresh="every")
+    every, _ = first_rounds(1, refresh="every")
     n_ref = _refreshes(0.9, rounds, refresh)
     t_ref = sum(ref) / len(ref)
     t_reused = sum(reused) / max(1, len(reused))
@@ -542,6 +557,7 @@ def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, re
         "model": name,
         "image_size": image_size,
         "images": sum(len(b["pixel_values"]) for b in data),
+        "batch_size": batch_size,
         "rounds": rounds,
         "refresh": refresh,
         "snip_cpu_s": round(snip, 3),
@@ -552,8 +568,15 @@ def full_size_row(name, image_size, n_images, batch_size, rounds, stop_after, re
         "data_refreshes": n_ref,
         "default_snip_passes_extrapolated": round(default_total / snip, 1),
         "every_snip_passes_extrapolated": round(t_every * rounds / snip, 1),
+        "refreshed_round_in_snip_passes": round(t_ref / snip, 3),
         "reused_round_in_snip_passes": round(t_reused / snip, 3),
     }
+    if complete:
+        result, t_all = _timed_prune(model, data, 0.9, rounds, refresh=refresh)
+        row["complete_default_cpu_s"] = round(t_all, 1)
+        row["complete_default_snip_passes"] = round(t_all / snip, 1)
+        row["complete_data_refreshes"] = sum(1 for h in result.history if h.get("data_refreshed"))
+        row["complete_phases"] = _phases(result)
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -571,9 +594,10 @@ def main(argv=None) -> int:
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.98])
     p.add_argument("--refresh", default=DEFAULT_REFRESH)
     p.add_argument("--full-size", nargs="*", default=None, metavar="MODEL")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--images", type=int, default=32)
-    p.add_argument("--every-rounds", type=int, default=18)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--images", type=int, default=100, help="the CLI's default calibration size")
+    p.add_argument("--every-rounds", type=int, default=4, help="default-prune rounds measured")
+    p.add_argument("--complete", action="store_true", help="also run the whole default prune")
     p.add_argument("--quality", action="store_true")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data", choices=tuple(RECIPES), default="digits", help="with --quality")
@@ -638,6 +662,7 @@ def main(argv=None) -> int:
                     max(rounds),
                     a.every_rounds,
                     a.refresh,
+                    a.complete,
                 )
                 for m in (a.full_size or ["resnet50", "vit-base", "convnext-tiny"])
             ]

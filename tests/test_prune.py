@@ -254,3 +254,14 @@ def test_scoring_restores_the_callers_denormal_setting():
     prune(tiny_resnet(), make_batches(1, 4), 0.5, method="px", rounds=1)
     assert not _denormals_flushed()
     assert (torch.tensor([1e-39]) * 1.0).item() != 0.0
+
+
+def test_pruned_scores_are_plus_zero_even_from_negative_or_infinite_scores():
+    from hf_px.utils import zero_where_pruned
+
+    scores = torch.tensor([-2.0, 3.0, float("inf"), -float("inf"), 5.0, -1.0])
+    mask = torch.tensor([False, True, False, False, True, True])
+    out = zero_where_pruned(scores, mask)
+    assert out.tolist() == [0.0, 3.0, 0.0, 0.0, 5.0, -1.0]
+    assert not torch.signbit(out[~mask]).any() and not torch.isnan(out).any()
+    assert torch.equal(scores, torch.tensor([-2.0, 3.0, float("inf"), -float("inf"), 5.0, -1.0]))

@@ -148,3 +148,25 @@ def test_timings_and_progress_report_phases_and_eta():
     # methods without a cache use report only the common phases
     snip = prune(tiny_vit(), make_batches(1, 3), 0.5, "snip").timings
     assert "scoring_data_s" not in snip and snip["threshold_s"] >= 0.0
+
+
+def test_eta_counts_the_refreshes_the_schedule_still_holds():
+    from hf_px.pruning import _eta
+
+    total = 1_000_000
+    counts = keep_counts(total, 0.9, 100)
+    # after round 2 of a 100-round prune to 90%: one refreshed round (10 s), one reused (1 s);
+    # refresh 0.3 recomputes 7 times in all (docs), so 6 more refreshes in the 98 rounds left
+    eta = _eta([10.0], [1.0], (0.3, 1.0), counts[1:], total)
+    assert eta == pytest.approx(6 * 10.0 + 92 * 1.0)
+    # without a plan (a method that recomputes everything) every round costs the mean
+    assert _eta([10.0, 1.0], [], None, counts[1:], total) == pytest.approx(5.5 * 98)
+    assert _eta([10.0], [1.0], (0.3, 1.0), counts[-1:], total) == 0.0
+
+
+def test_prune_reports_its_refresh_plan_to_the_eta():
+    seen = []
+    prune(tiny_vit(), make_batches(1, 3), 0.9, "px", rounds=12, callback=seen.append)
+    refreshed = [s["round"] for s in seen if s["data_refreshed"]]
+    assert refreshed[0] == 1 and len(refreshed) < 12  # some rounds reused the data side
+    assert all(s["eta_s"] >= 0 for s in seen) and seen[-1]["eta_s"] == 0.0

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import HfPxFailure
+from ..utils import count_kept
 
 
 def _prepared(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]):
@@ -75,13 +76,6 @@ def degenerate_scores_error(tied: list[tuple[str, float]], total: int) -> HfPxFa
 #: below this many alive entries a full partition is as fast as the bracketed search
 _BRACKET_MIN = 1 << 20
 _SAMPLE = 1 << 16
-
-
-def count_kept(mask: torch.Tensor) -> int:
-    """Number of True entries (numpy's count is ~30x torch's bool sum on CPU, measured)."""
-    if mask.device.type == "cpu" and mask.dtype == torch.bool:
-        return int(np.count_nonzero(mask.contiguous().numpy()))
-    return int(torch.count_nonzero(mask))
 
 
 def _kth_largest(values: list[np.ndarray], alive: list[np.ndarray], n_alive: int, k: int):
@@ -152,23 +146,32 @@ def keep_top(values: list[torch.Tensor], alive: list[torch.Tensor], k: int) -> l
     (1-D, same lengths as `alive`); ties go to the lowest (array, index)."""
     if all(v.device.type == "cpu" for v in values):
         return _keep_top_numpy(values, alive, k)
+    return keep_top_torch(values, alive, k)
+
+
+def keep_top_torch(values, alive, k: int) -> list[torch.Tensor]:
+    """`keep_top` with torch ops on any device: one `kthvalue` over every score."""
     flat = torch.cat(
         [
             torch.where(a, v, torch.full_like(v, -math.inf))
             for v, a in zip(values, alive, strict=True)
         ]
     )
-    chosen = top_k_stable(flat, k)
+    chosen = _top_k_torch(flat, k)
     return list(torch.split(chosen, [v.numel() for v in values]))
 
 
 def top_k_stable(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of the k largest entries; ties go to the lowest index."""
-    n = flat.numel()
     if flat.device.type == "cpu" and flat.is_floating_point():
         wide = flat.dtype in (torch.float32, torch.float64)
         values = (flat if wide else flat.to(torch.float32)).reshape(-1).contiguous()
-        return keep_top([values], [torch.ones(n, dtype=torch.bool)], k)[0]
+        return keep_top([values], [torch.ones(flat.numel(), dtype=torch.bool)], k)[0]
+    return _top_k_torch(flat, k)
+
+
+def _top_k_torch(flat: torch.Tensor, k: int) -> torch.Tensor:
+    n = flat.numel()
     keep = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k <= 0:
         return keep

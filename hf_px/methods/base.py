@@ -21,6 +21,7 @@ from torch.func import functional_call
 from ..adapters import Adapter
 from ..distributed import Reducer
 from ..errors import HfPxError
+from ..utils import times_mask
 
 Batch = dict[str, Any]
 
@@ -33,12 +34,15 @@ class RoundCache:
     that does not use it ignores it. ``store`` is the methods' own (PX keeps its
     data-side sums there), ``timings`` sums seconds per phase over the rounds,
     ``notes`` holds what the current round wants in the prune's history (reset
-    by `prune` before every round).
+    by `prune` before every round). ``refresh_plan`` = (f, d): a method that
+    reuses expensive work recomputes it once the kept density falls to (1 − f)·d
+    (d: the density at the last recompute); `prune` uses it for its ETA.
     """
 
     store: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    refresh_plan: tuple[float, float] | None = None
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -69,8 +73,7 @@ class ScoringContext:
 
     def effective(self, name: str) -> torch.Tensor:
         """theta * mask, detached."""
-        p = self.params[name].detach()
-        return p * self.masks[name].to(p.dtype)
+        return times_mask(self.params[name].detach(), self.masks[name])
 
 
 @dataclass(frozen=True)
