@@ -29,9 +29,20 @@ best of ``--repeats``. Prints one JSON object:
   and of a reused round from the default prune's first ``--every-rounds`` rounds,
   of a full round from the full recompute's first round, times the schedule's
   counts; ``--complete`` also runs the whole default prune and measures it.
-* ``quality`` (``--quality``) — bench_quality's at-init recipe (digits, prune at
-  init, train with masks fixed, top-1 on the test split) with 100-round PX,
-  default ``refresh`` vs ``"every"``, per family × sparsity × seed.
+* ``quality`` (``--quality``) — bench_quality's at-init recipe for ``--data``
+  (digits or fashion-mnist: prune at init, train with masks fixed, top-1 on the
+  test split) with 100-round PX at the current default ``bn`` / ``norm``, for
+  ``"every"`` and each of ``--refresh-values``, per family × sparsity × seed;
+  each row has its data refreshes, prune CPU seconds and kept-weight overlap with
+  the same seed's full recompute, the full-recompute rows two yardsticks: the
+  overlap of a full recompute on a disjoint calibration draw of the same size, and
+  of one with 2 threads (round-off only);
+  ``quality_summary`` has mean ± sd over seeds. Runs are cached in
+  ``--quality-cache`` (bench_quality's cache and run key), so an interrupted run
+  resumes; ``--markdown`` prints the summary as a table.
+
+    nice -n 10 python scripts/bench_rounds.py --quality --data fashion-mnist \\
+        --rounds 100 --refresh-values every 0.3 0.5
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import cProfile
 import io
 import json
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,8 +64,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_quality import DIGITS as FULL  # noqa: E402
-from bench_quality import accuracy, build, load_digits_data, train_recipe  # noqa: E402
+from bench_quality import (  # noqa: E402
+    DIGITS,
+    FAMILIES,
+    RECIPES,
+    Cache,
+    accuracy,
+    build,
+    code_version,
+    finetune,
+    load_data,
+    load_digits_data,
+    parse_method,
+    recipe_id,
+    train_recipe,
+)
 
 from hf_px import compute_scores, prune  # noqa: E402
 from hf_px.methods.px import DEFAULT_REFRESH  # noqa: E402
@@ -68,7 +93,7 @@ SCORING = {
 
 
 def calibration(family: str, n_batches: int, batch_size: int):
-    size = FULL["size"][family]
+    size = DIGITS["size"][family]
     train, _, _ = load_digits_data(size, 1, batch_size)
     return train[:n_batches]
 
@@ -88,7 +113,7 @@ def variants(family: str) -> list[str]:
 
 def scaling(family, rounds_list, batches_list, batch_size, repeats):
     rows = []
-    model = build(family, FULL["size"][family], 0)
+    model = build(family, DIGITS["size"][family], 0)
     for variant in variants(family):
         opts = SCORING[variant][1]
         for nb in batches_list:
@@ -116,7 +141,7 @@ def scaling(family, rounds_list, batches_list, batch_size, repeats):
 
 
 def per_batch(family, n_batches, batch_size, repeats):
-    model = build(family, FULL["size"][family], 0)
+    model = build(family, DIGITS["size"][family], 0)
     data = calibration(family, n_batches, batch_size)
     names = [m for m in SCORING if m != "px-rms" or family == "resnet"]
     out = {}
@@ -138,7 +163,7 @@ def per_batch(family, n_batches, batch_size, repeats):
 
 
 def profile(family, batch_size, rounds=10, n_batches=2, **opts):
-    model = build(family, FULL["size"][family], 0)
+    model = build(family, DIGITS["size"][family], 0)
     data = calibration(family, n_batches, batch_size)
     prof = cProfile.Profile(time.process_time)
     prof.enable()
@@ -191,7 +216,7 @@ def _phases(result) -> dict:
 def cache_rows(family, sparsities, batch_size, n_batches, repeats, rounds, refresh):
     """Default vs full recompute on the bench_quality models (digits)."""
     base = family.removesuffix("-rms")  # resnet-rms: the ResNet with bn="rms"
-    size = FULL["size"][base]
+    size = DIGITS["size"][base]
     train, _, _ = load_digits_data(size, 1, batch_size)
     data = train[:n_batches]
     other = train[n_batches : 2 * n_batches]  # disjoint draw, same size
@@ -235,48 +260,231 @@ def cache_rows(family, sparsities, batch_size, n_batches, repeats, rounds, refre
     return rows
 
 
-def quality_rows(family, sparsities, seeds, rounds, refresh_values):
-    from hf_px.training import finetune
+def refresh_value(text: str):
+    """``--refresh-values`` item: ``every`` or a fraction."""
+    return text if text == "every" else float(text)
 
-    size = FULL["size"][family]
-    train, test, calibration = load_digits_data(
-        size, FULL["calibration_per_class"], FULL["batch_size"]
-    )
+
+def quality_method(family: str, refresh) -> str:
+    """bench_quality's spelling of PX with the current default bn / norm written out, so
+    that a later change of px's defaults cannot relabel cached rows."""
+    from hf_px.methods.px import DEFAULTS
+
+    mode = f"bn={DEFAULTS['bn']}" if family == "resnet" else f"norm={DEFAULTS['norm']}"
+    return f"px[{mode},refresh={refresh}]"
+
+
+def disjoint_calibration(train, calibration):
+    """A second calibration draw from the training batches: as many images per class,
+    in batches of the same size, none of them an image of `calibration`."""
+    taken = {x.numpy().tobytes() for b in calibration for x in b["pixel_values"]}
+    labels = torch.cat([b["labels"] for b in calibration])
+    want = {int(c): int((labels == c).sum()) for c in labels.unique()}
+    picked: dict[int, list] = {c: [] for c in want}
+    found = 0
+    for b in train:
+        for x, y in zip(b["pixel_values"], b["labels"], strict=True):
+            c, key = int(y), x.numpy().tobytes()
+            if key in taken:
+                found += 1
+            elif c in picked and len(picked[c]) < want[c]:
+                picked[c].append(x)
+    if found < len(taken) or any(len(picked[c]) < want[c] for c in want):
+        raise SystemExit("error: cannot draw a disjoint calibration set from the train split")
+    xs = torch.stack([x for c in sorted(picked) for x in picked[c]])
+    ys = torch.tensor([c for c in sorted(picked) for _ in picked[c]])
+    order = torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))
+    size = len(calibration[0]["labels"])
+    return [
+        {"pixel_values": xs[order[i : i + size]], "labels": ys[order[i : i + size]]}
+        for i in range(0, len(ys), size)
+    ]
+
+
+def quality_rows(data, family, sparsities, seeds, rounds, refresh_values, cache):
+    """bench_quality's at-init runs (its recipe for `data`, `rounds`-round PX) per
+    refresh value × sparsity × seed, cached by bench_quality's run key. Each row has
+    its kept-weight overlap with the same seed's full recompute; the full-recompute
+    rows the overlaps of a full recompute on a disjoint calibration draw and of one
+    with 2 threads (the yardsticks)."""
+    cfg = {**RECIPES[data], "rounds": rounds}
+    size = cfg["size"][family]
+    common = {"data": data, "family": family, "recipe_id": recipe_id(data, family, cfg)}
+    code = code_version()
+    loaded: list = []
+
+    def get():
+        if not loaded:
+            train, test, calibration = load_data(data, family, cfg)
+            loaded.extend([train, test, calibration, disjoint_calibration(train, calibration)])
+        return loaded
+
+    def px(model, batches, s, seed, refresh):
+        t0 = time.process_time()
+        m = quality_method(family, refresh)
+        opts = parse_method(m)[1]
+        result = prune(model, batches, s, "px", rounds=rounds, seed=seed, **opts)
+        return result, time.process_time() - t0
+
     rows = []
+    order = ["every", *(v for v in dict.fromkeys(refresh_values) if v != "every")]
     for seed in seeds:
         for s in sparsities:
-            for refresh in refresh_values:
-                model = build(family, size, seed)
-                t0 = time.process_time()
-                result = prune(
-                    model, calibration, s, "px", rounds=rounds, seed=seed, refresh=refresh
-                )
-                prune_s = time.process_time() - t0
-                finetune(model, result.masks, train, seed=seed, **train_recipe(FULL))
-                rows.append(
-                    {
-                        "family": family,
-                        "sparsity": s,
-                        "seed": seed,
-                        "refresh": refresh,
-                        "rounds": rounds,
-                        "accuracy": accuracy(model, test),
-                        "prune_cpu_s": round(prune_s, 2),
-                        "masks": {n: m.clone() for n, m in result.masks.items()},
+            every_masks = None
+            for refresh in order:
+                method = quality_method(family, refresh)
+                key = (data, family, method, float(s), seed, "init", common["recipe_id"])
+                row = cache.get(key)
+                if row is not None:
+                    rows.append(row)
+                    continue
+                train, test, calibration, other = get()
+                model = build(family, size, seed, data)
+                result, prune_s = px(model, calibration, s, seed, refresh)
+                if refresh == "every":
+                    every_masks = {n: m.clone() for n, m in result.masks.items()}
+                    yard, _ = px(build(family, size, seed, data), other, s, seed, "every")
+                    torch.set_num_threads(2)
+                    two, _ = px(build(family, size, seed, data), calibration, s, seed, "every")
+                    torch.set_num_threads(1)
+                    extra = {
+                        "overlap_other_data_vs_every": _kept_overlap(every_masks, yard.masks),
+                        "overlap_2threads_vs_every": _kept_overlap(every_masks, two.masks),
                     }
-                )
-                print(
-                    json.dumps({k: v for k, v in rows[-1].items() if k != "masks"}),
-                    file=sys.stderr,
-                    flush=True,
-                )
-    # kept-weight overlap of each row's masks with the full recompute's (same seed, sparsity)
-    full = {(r["seed"], r["sparsity"]): r["masks"] for r in rows if r["refresh"] == "every"}
-    for r in rows:
-        ref = full.get((r["seed"], r["sparsity"]))
-        r["overlap_vs_every"] = None if ref is None else round(_kept_overlap(ref, r["masks"]), 4)
-        del r["masks"]
+                else:
+                    if every_masks is None:  # cached full-recompute row: masks re-pruned
+                        ref, _ = px(build(family, size, seed, data), calibration, s, seed, "every")
+                        every_masks = ref.masks
+                    extra = {"overlap_vs_every": _kept_overlap(every_masks, result.masks)}
+                stats = finetune(model, result.masks, train, seed=seed, **train_recipe(cfg))
+                row = {
+                    **common,
+                    "protocol": "init",
+                    "method": method,
+                    "refresh": refresh,
+                    "sparsity": s,
+                    "seed": seed,
+                    "rounds": rounds,
+                    "accuracy": accuracy(model, test),
+                    "final_loss": stats["final_loss"],
+                    "revived": stats["pruned_weights_nonzero"],
+                    "prune_cpu_s": round(prune_s, 3),
+                    "train_s": round(stats["train_s"], 3),
+                    "data_refreshes": sum(1 for h in result.history if h.get("data_refreshed")),
+                    "threads": torch.get_num_threads(),
+                    "code": code,
+                    **{k: round(v, 4) for k, v in extra.items()},
+                }
+                cache.put(row)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+def quality_summary(rows) -> list[dict]:
+    """Per data × family × sparsity × refresh: accuracy mean ± sd over seeds, the mean
+    paired difference to the full recompute (same seed), overlaps, refreshes, CPU."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["family"], r["sparsity"], str(r["refresh"])), []).append(r)
+
+    def mean_sd(xs):
+        return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+    out = []
+    for (d, f, s, refresh), rs in sorted(groups.items()):
+        full = {r["seed"]: r for r in groups.get((d, f, s, "every"), [])}
+        acc, sd = mean_sd([r["accuracy"] for r in rs])
+        row = {
+            "data": d,
+            "family": f,
+            "sparsity": s,
+            "refresh": refresh,
+            "seeds": sorted(r["seed"] for r in rs),
+            "accuracy_mean": round(acc, 4),
+            "accuracy_sd": round(sd, 4),
+            "data_refreshes": statistics.fmean(r["data_refreshes"] for r in rs),
+            "prune_cpu_s": round(statistics.fmean(r["prune_cpu_s"] for r in rs), 2),
+        }
+        for field in (
+            "overlap_vs_every",
+            "overlap_other_data_vs_every",
+            "overlap_2threads_vs_every",
+        ):
+            vals = [r[field] for r in rs if r.get(field) is not None]
+            if vals:
+                row[field] = round(statistics.fmean(vals), 4)
+        paired = [r["accuracy"] - full[r["seed"]]["accuracy"] for r in rs if r["seed"] in full]
+        if refresh != "every" and paired:
+            diff, dsd = mean_sd(paired)
+            every_sd = mean_sd([r["accuracy"] for r in full.values()])[1]
+            row.update(
+                paired_diff_mean=round(diff, 4),
+                paired_diff_sd=round(dsd, 4),
+                within_every_sd=abs(acc - mean_sd([r["accuracy"] for r in full.values()])[0])
+                <= every_sd,
+            )
+        out.append(row)
+    return out
+
+
+def quality_markdown(summary) -> str:
+    """The summary as docs/benchmarks.md's tables: accuracy (mean ± sd over seeds, with
+    the mean paired difference to the full recompute), mask overlaps, cost."""
+    cells = {(r["data"], r["family"], r["sparsity"], r["refresh"]): r for r in summary}
+    keys = sorted({k[:3] for k in cells}, key=lambda k: (k[0], FAMILIES.index(k[1]), k[2]))
+    values = sorted({k[3] for k in cells}, key=lambda v: (v != "every", v))
+    others = [v for v in values if v != "every"]
+
+    def acc(r):
+        txt = f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_sd']:.1f}"
+        if "paired_diff_mean" in r:
+            txt += f" ({100 * r['paired_diff_mean']:+.1f})"
+        return txt
+
+    def fmt(r, field, spec):
+        return "–" if r is None or r.get(field) is None else format(r[field], spec)
+
+    head = "| data, family | sparsity | "
+    tables = [
+        [head + " | ".join(f"refresh {v}" for v in values) + " |"],
+        [
+            head
+            + " | ".join(f"{v} vs every" for v in others)
+            + " | other data vs every | 2 threads vs every |"
+        ],
+        [
+            head
+            + " | ".join(f"passes {v}" for v in values)
+            + " | "
+            + " | ".join(f"CPU s {v}" for v in values)
+            + " |"
+        ],
+    ]
+    for lines in tables:
+        lines.append("|---|---|" + "---|" * (lines[0].count("|") - 3))
+    for d, f, s in keys:
+        rs = [cells.get((d, f, s, v)) for v in values]
+        every = cells.get((d, f, s, "every"))
+        lead = f"| {d}, {f} | {100 * s:g}% | "
+        tables[0].append(lead + " | ".join("–" if r is None else acc(r) for r in rs) + " |")
+        tables[1].append(
+            lead
+            + " | ".join(fmt(cells.get((d, f, s, v)), "overlap_vs_every", ".2f") for v in others)
+            + (" | " if others else "")
+            + fmt(every, "overlap_other_data_vs_every", ".2f")
+            + " | "
+            + fmt(every, "overlap_2threads_vs_every", ".2f")
+            + " |"
+        )
+        tables[2].append(
+            lead
+            + " | ".join(fmt(r, "data_refreshes", "g") for r in rs)
+            + " | "
+            + " | ".join(fmt(r, "prune_cpu_s", ".1f") for r in rs)
+            + " |"
+        )
+    return "\n\n".join("\n".join(lines) for lines in tables)
 
 
 class _Stop(Exception):
@@ -392,6 +600,22 @@ def main(argv=None) -> int:
     p.add_argument("--complete", action="store_true", help="also run the whole default prune")
     p.add_argument("--quality", action="store_true")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--data", choices=tuple(RECIPES), default="digits", help="with --quality")
+    p.add_argument(
+        "--refresh-values",
+        nargs="+",
+        type=refresh_value,
+        default=["every", DEFAULT_REFRESH],
+        help="with --quality: px refresh values compared with 'every' (always run)",
+    )
+    p.add_argument(
+        "--quality-cache",
+        type=Path,
+        default=ROOT / "docs" / "bench_rounds_quality_runs.jsonl",
+        help="with --quality: JSONL of finished runs (a cached run is not run again)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="with --quality: store nothing")
+    p.add_argument("--markdown", action="store_true", help="with --quality: a markdown table")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rounds = a.rounds or ([1, 2] if a.quick else [1, 10, 100])
@@ -400,11 +624,22 @@ def main(argv=None) -> int:
     if a.cache or a.full_size is not None or a.quality:
         out: dict = {"threads": 1}
         if a.quality:
-            out["quality"] = []
+            cache = Cache(None if a.no_cache else a.quality_cache)
+            t0 = time.perf_counter()
+            rows = []
             for f in a.families:
-                out["quality"] += quality_rows(
-                    f, a.sparsities, a.seeds, max(rounds), ["every", a.refresh]
+                rows += quality_rows(
+                    a.data, f, a.sparsities, a.seeds, max(rounds), a.refresh_values, cache
                 )
+            out.update(
+                data=a.data,
+                quality_wall_s=round(time.perf_counter() - t0, 1),
+                quality=rows,
+                quality_summary=quality_summary(rows),
+            )
+            if a.markdown:
+                print(quality_markdown(out["quality_summary"]))
+                return 0
         if a.cache:
             out["cache"] = []
             for f in a.families:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,8 @@ def test_prune_progress_goes_to_stderr(pruned_run):
     _, _, proc, _ = pruned_run
     assert "pruning (px)" in proc.stderr  # the per-round bar, on stderr only
     assert "density" in proc.stderr
-    assert "data_passes" in proc.stderr and "3/3" in proc.stderr  # rounds done (and tqdm's ETA)
+    assert "data_passes" in proc.stderr and "3/3" in proc.stderr  # rounds done
+    assert re.search(r"eta=\d+(s|m\d\ds|h\d\dm)", proc.stderr)  # prune's schedule-aware ETA
 
 
 def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
@@ -467,3 +469,9 @@ def test_prune_push_to_hub_then_push_and_inspect_a_hub_id(tmp_path):
         assert "hf_x" not in bad.stderr
     finally:
         server.stop()
+
+
+def test_eta_durations_read_as_a_clock():
+    from hf_px.cli.output import duration
+
+    assert [duration(x) for x in (0, 4.4, 75.2, 3725, -1)] == ["0s", "4s", "1m15s", "1h02m", "0s"]

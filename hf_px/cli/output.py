@@ -85,7 +85,11 @@ def silence_library_bars() -> None:
         datasets.disable_progress_bars()
 
 
-def bar(total: int | None = None, desc: str = "", unit: str = "it"):
+#: a bar whose remaining time comes from the caller's postfix (``eta=``), not tqdm's rate
+OWN_ETA_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
+def bar(total: int | None = None, desc: str = "", unit: str = "it", bar_format: str | None = None):
     """A tqdm bar on stderr (a disabled one off the main process or when quiet)."""
     from tqdm.auto import tqdm
 
@@ -97,7 +101,18 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it"):
         disable=not progress_enabled(),
         dynamic_ncols=True,
         leave=True,
+        bar_format=bar_format,
     )
+
+
+def duration(seconds: float) -> str:
+    """``75.2`` → ``"1m15s"``, ``3725`` → ``"1h02m"``: an ETA for a progress bar."""
+    s = int(round(max(0.0, seconds)))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 @contextlib.contextmanager

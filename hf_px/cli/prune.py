@@ -241,12 +241,18 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
     if args.min_density_ratio is not None:
         options["min_density_ratio"] = args.min_density_ratio
     refreshes = [0]
-    with output.bar(total=args.rounds, desc=f"pruning ({args.method})", unit="round") as bar:
+    with output.bar(
+        total=args.rounds,
+        desc=f"pruning ({args.method})",
+        unit="round",
+        bar_format=output.OWN_ETA_FORMAT,
+    ) as bar:
 
         def on_round(info: dict[str, Any]) -> None:
             if bar.total is None:
                 bar.total = int(info["rounds"])
-            post = {"density": f"{info['density']:.4f}"}
+            # prune's ETA knows which rounds to come recompute PX's data side
+            post = {"eta": output.duration(info["eta_s"]), "density": f"{info['density']:.4f}"}
             if "data_refreshed" in info:  # px: rounds that recomputed the data side
                 refreshes[0] += bool(info["data_refreshed"])
                 post["data_passes"] = refreshes[0]

@@ -1,0 +1,41 @@
+"""Every benchmark script still imports and parses its arguments (they are not run
+by the default tests; a renamed import once broke one silently)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted((ROOT / "scripts").glob("bench_*.py"))
+
+CHECK = """
+import runpy, sys
+failed = []
+for path in sys.argv[1:]:
+    sys.argv = [path, "--help"]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            failed.append(path)
+print("FAILED", failed)
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_every_bench_script_imports_and_answers_help():
+    assert len(SCRIPTS) >= 6
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, *map(str, SCRIPTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    for script in SCRIPTS:  # each printed its own usage line
+        assert f"usage: {script.name}" in proc.stdout or f"usage: {script}" in proc.stdout, script
