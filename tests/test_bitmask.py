@@ -68,7 +68,7 @@ def test_size_within_10_percent_of_information_bound(dtype, sparsity):
         assert size < (t.numel() + 7) // 8 + count * t.element_size()
 
 
-def test_information_bound_matches_the_issue_figure():
+def test_information_bound_at_90_percent_is_11_5_percent_of_dense():
     assert bitmask.binary_entropy(0.5) == 1.0
     assert bitmask.binary_entropy(0.0) == bitmask.binary_entropy(1.0) == 0.0
     n = 1_000_000
