@@ -2,7 +2,10 @@
 
 Ties are broken by a stable rule: among equal scores, the weight that comes
 first — parameters in `model.named_parameters()` order, then row-major flat
-index — is kept. Already-pruned weights score −∞ and are never kept again.
+index — is kept. Already-pruned weights are never kept again: the selection
+ranks only the weights the masks still keep (on CPU in numpy, by an exact
+bracketed search, `keep_top`; on other devices with one `kthvalue`,
+`keep_top_torch`, where pruned weights score −∞).
 
 Collapse guard (`min_density_ratio` = ρ, docs/method.md §6): every tensor keeps
 at least ``max(1, ceil(ρ · d · n_t))`` of its best weights when the round's
