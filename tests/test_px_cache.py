@@ -120,7 +120,7 @@ def test_default_policy_refreshes_when_density_fell_by_the_fraction(sparsity):
     assert refreshed == want
     assert refreshed[0] == 1 and 3 <= len(refreshed) <= 11
     drift = [h["data_drift"] for h in result.history if "data_drift" in h]
-    assert len(drift) == len(refreshed) - 1 and all(0 <= x <= 2 for x in drift)
+    assert len(drift) == len(refreshed) - 1 and all(0.0 <= x <= 2.0 for x in drift)
 
 
 def test_refresh_option_validation_and_spelling():

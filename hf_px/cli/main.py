@@ -18,10 +18,10 @@ import sys
 
 from .. import __version__
 from ..errors import HfPxError
-from . import evaluate, finetune, inspect_cmd, parsing, prune, push
+from . import env_cmd, evaluate, finetune, inspect_cmd, parsing, prune, push
 from .parsing import PROG
 
-COMMANDS = (prune, inspect_cmd, evaluate, finetune, push)  # the order `--help` lists them
+COMMANDS = (prune, inspect_cmd, evaluate, finetune, push, env_cmd)  # the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

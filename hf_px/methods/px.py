@@ -374,7 +374,9 @@ def _drift(old: _DataSide, new: _DataSide) -> float:
     a, b = vec(old), vec(new)
     if a.shape != b.shape:
         return math.nan
-    return float(1.0 - torch.nn.functional.cosine_similarity(a, b, dim=0))
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    # |cos| may pass 1 by round-off (−2e-16 drifts on AVX2-only CPUs); a distance is ≥ 0
+    return min(2.0, max(0.0, 1.0 - cos))
 
 
 def options(ctx: ScoringContext) -> tuple[str, str, str]:
@@ -668,5 +670,9 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
 
 
 METHOD = Method(
-    name="px", score=score, label="PX (Path eXclusion)", short_label="PX", default_rounds=100
+    name="px",
+    score=score,
+    label="PX (Path eXclusion)",
+    short_label="PX",
+    default_rounds=100,
 )
