@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install quickstart test test-slow lint fashion-mnist
+.PHONY: install quickstart test test-isa test-slow lint fashion-mnist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ quickstart: install
 # loadscope keeps a module on one worker, so its module fixtures are built once.
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadscope
+
+# The numerically sensitive files once more with torch's portable kernels (no SIMD), so a
+# result that hinges on the CPU's vector unit fails here as well as on the machine that has it.
+ISA_FILES := tests/test_px_cache.py tests/test_px_roundoff.py tests/test_px_tie.py \
+	tests/test_px_determinism.py tests/test_px_bruteforce.py tests/test_families.py
+test-isa: install
+	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "not slow" -n 2 --dist loadscope $(ISA_FILES)
 
 test-slow: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

@@ -173,18 +173,50 @@ class Adapter:
             if isinstance(module, self.prunable_types) and module.weight is not None:
                 owned[id(module.weight)] = f"{mod_name}.weight" if mod_name else "weight"
         unscorable = [(re.compile(p), why) for p, why in self.unscorable]
+        probability_only = self.probability_only_weights(model)
         out: dict[str, nn.Parameter] = {}
         skipped: dict[str, int] = {}
         for name, param in model.named_parameters():
             if id(param) not in owned or any(p.search(name) for p in patterns):
                 continue
-            why = next((w for p, w in unscorable if p.search(name)), None)
+            why = probability_only.get(name) or next(
+                (w for p, w in unscorable if p.search(name)), None
+            )
             if why is not None:
                 skipped[why] = skipped.get(why, 0) + 1
                 continue
             out[name] = param
         for why, count in skipped.items():
             _warn_once(f"{self.name}: {count} weight tensors kept dense: {why}")
+        return out
+
+    def probability_only_weights(self, model: nn.Module) -> dict[str, str]:
+        """Weights that reach the output only through softmax attention probabilities
+        this adapter does not read as gates (name → why): PX gives them no score.
+
+        The rule (docs/method.md §4.4): in PX's kernel net the tokens carry no image, and
+        an attention module that the adapter does not gate is a fixed mixing of them;
+        the query/key projections of such a module (named ``query``/``key`` or
+        ``q``/``k``) and the MLPs that compute its position bias shape only the mixing
+        weights, so their scores are zero in exact arithmetic wherever the mixed tokens
+        agree, and round-off. They are kept dense and reported, decided from the
+        module structure, never from the scores' values.
+        """
+        gated = {id(a.module) for a in self.attention(model)}
+        out: dict[str, str] = {}
+        for name, module in model.named_modules():
+            if id(module) in gated:
+                continue
+            prefix = f"{name}." if name else ""
+            for q_name, k_name in _QUERY_KEY_NAMES:
+                q, k = getattr(module, q_name, None), getattr(module, k_name, None)
+                if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
+                    out[f"{prefix}{q_name}.weight"] = _PROBABILITY_ONLY
+                    out[f"{prefix}{k_name}.weight"] = _PROBABILITY_ONLY
+            if name.endswith(_POSITION_BIAS_MLPS):
+                for sub, child in module.named_modules():
+                    if isinstance(child, self.prunable_types):
+                        out[f"{prefix}{sub}.weight"] = _PROBABILITY_ONLY
         return out
 
     # -- classifier ---------------------------------------------------------------------
@@ -253,6 +285,16 @@ class Adapter:
 
 
 _warned: set[str] = set()
+
+#: Linear children that project a softmax attention's queries and keys
+_QUERY_KEY_NAMES = (("query", "key"), ("q", "k"))
+#: modules whose output is only an additive attention bias (Swin v2's log-spaced CPB)
+_POSITION_BIAS_MLPS = ("continuous_position_bias_mlp",)
+_PROBABILITY_ONLY = (
+    "they shape only the probabilities of a softmax attention that PX cannot read as a "
+    "gate (inline attention), so their PX scores are zero in exact arithmetic where the "
+    "mixed tokens agree and round-off elsewhere (docs/method.md §4.4)"
+)
 
 
 def _warn_once(message: str) -> None:

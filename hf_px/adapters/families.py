@@ -27,7 +27,7 @@ class ViTAdapter(Adapter):
     """Patch-embedding conv, pre-LN attention + GELU MLP blocks."""
 
     name = "vit"
-    model_types = ("vit", "deit", "dinov2", "beit", "swin")
+    model_types = ("vit", "deit", "dinov2", "beit", "swin", "donut-swin")
 
 
 @register_adapter

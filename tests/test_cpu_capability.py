@@ -1,0 +1,62 @@
+"""Default-PX masks do not depend on the CPU's vector capability.
+
+The flagship families are pruned (20 rounds, 90%) in a child process under
+``ATEN_CPU_CAPABILITY=default`` (no SIMD kernels) and in this process on the native
+capability (AVX2 / AVX-512 / NEON ...). Scores then differ by round-off only, and
+the masks must agree: at most a near-tie or two may flip, never a structural choice.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import make_batches, subprocess_env, tiny_convnext, tiny_resnet, tiny_vit
+
+from hf_px import prune
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = {"resnet": tiny_resnet, "vit": tiny_vit, "convnext": tiny_convnext}
+#: near-ties may flip between capabilities; measured: 0 entries on every family
+MAX_FLIPPED = 1e-4
+
+CHILD = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from conftest import make_batches, tiny_convnext, tiny_resnet, tiny_vit
+from hf_px import prune
+out = {{}}
+for name, build in (("resnet", tiny_resnet), ("vit", tiny_vit), ("convnext", tiny_convnext)):
+    out[name] = prune(build(), make_batches(2, 4), 0.9, "px", rounds=20).masks
+out["capability"] = torch.backends.cpu.get_cpu_capability()
+torch.save(out, {path!r})
+"""
+
+
+def test_default_px_masks_agree_across_cpu_capabilities(tmp_path):
+    path = tmp_path / "masks.pt"
+    code = CHILD.format(tests=str(ROOT / "tests"), path=str(path))
+    env = subprocess_env(drop=("HF_",), HF_HUB_OFFLINE="1", ATEN_CPU_CAPABILITY="default")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    other = torch.load(path)
+    assert other.pop("capability") == "DEFAULT"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, build in FAMILIES.items():
+            here = prune(build(), make_batches(2, 4), 0.9, "px", rounds=20).masks
+            there = other[name]
+            assert set(here) == set(there), name
+            total = sum(m.numel() for m in here.values())
+            flipped = sum(int((here[n] != there[n]).sum()) for n in here)
+            assert flipped <= MAX_FLIPPED * total, (
+                f"{name}: {flipped} of {total} mask entries differ"
+            )
+    finally:
+        torch.set_num_threads(threads)
