@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import tiny_families as tf  # noqa: E402
 
 import hf_px  # noqa: E402
-from hf_px.adapters import REFUSED, Adapter, get_adapter  # noqa: E402
+from hf_px.adapters import REFUSED, get_adapter  # noqa: E402
 
 
 class _Capture(logging.Handler):
@@ -65,15 +65,21 @@ def row(model_type: str) -> dict:
         px_log.removeHandler(capture)
     model = tf.build(model_type)
     adapter = get_adapter(model)
-    generic = len(Adapter().prunable_parameters(model))
+    weights = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, adapter.prunable_types) and getattr(m, "weight", None) is not None
+    }
+    probability_only = adapter.probability_only_weights(model)
     problems = [p for v in checks.values() if isinstance(v, list) for p in v]
     out.update(
         outcome="supported" if not problems else "FAILS",
         problems=problems,
         adapter=adapter.name,
         prunable_tensors=len(adapter.prunable_parameters(model)),
-        kept_dense_tensors=generic - len(adapter.prunable_parameters(model)),
-        kept_dense_why=[why for _, why in adapter.unscorable],
+        kept_dense_tensors=len(weights) - len(adapter.prunable_parameters(model)),
+        kept_dense_why=[why for _, why in adapter.unscorable]
+        + sorted(set(probability_only.values())),
         px_attention_blocks=len(adapter.attention(model)),
         float64_rescoring=any("float64" in m for m in capture.messages),
         seconds=round(time.perf_counter() - t0, 2),
@@ -107,7 +113,8 @@ def markdown(rows: list[dict]) -> str:
         "reads only the config) with the one-line reason below.",
         "",
         "*Kept dense*: Conv2d/Linear weights the family's adapter leaves out of pruning, "
-        "with a warning, because no score can rank them (reason below the table). "
+        "with a warning, because no score can rank them (reasons below the table; the rule "
+        "for attention that PX cannot read as a gate is in docs/method.md §4.4). "
         "*float64*: PX's float32 kernel net underflowed to 0 for whole tensors on the "
         "random-init config and the scores were recomputed in float64 (see "
         "docs/method.md); trained weights are larger and rarely need it. *PX attention*: "
@@ -119,14 +126,14 @@ def markdown(rows: list[dict]) -> str:
         "| PX attention | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    reasons: dict[str, str] = {}
+    reasons: dict[str, set[str]] = {}
     for r in rows:
         if r["outcome"] == "refused":
             lines.append(f"| `{r['model_type']}` | refused | | | | | | {r['why']} |")
             continue
         note = "; ".join(r["problems"][:2])
         for why in r["kept_dense_why"]:
-            reasons.setdefault(r["adapter"], why)
+            reasons.setdefault(why, set()).add(r["model_type"])
         lines.append(
             f"| `{r['model_type']}` | {r['outcome']} | {r['adapter']} | "
             f"{r['prunable_tensors']} | {r['kept_dense_tensors'] or ''} | "
@@ -134,8 +141,11 @@ def markdown(rows: list[dict]) -> str:
             f"| {note} |"
         )
     if reasons:
-        lines += ["", "Kept dense, by adapter:", ""]
-        lines += [f"- **{a}**: {why}." for a, why in sorted(reasons.items())]
+        lines += ["", "Kept dense, and why:", ""]
+        lines += [
+            f"- {', '.join(f'`{t}`' for t in sorted(types))}: {why}."
+            for why, types in sorted(reasons.items(), key=lambda kv: sorted(kv[1]))
+        ]
     return "\n".join(lines) + "\n"
 
 

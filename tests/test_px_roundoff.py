@@ -60,3 +60,23 @@ def roundoff_ranked(model_type: str) -> list[str]:
 def test_no_px_score_is_roundoff(model_type):
     bad = roundoff_ranked(model_type)
     assert not bad, f"{model_type}: {bad[:4]}{' ...' if len(bad) > 4 else ''}"
+
+
+def test_probability_only_rule_is_structural_and_shared_by_generic_path_and_adapters():
+    from hf_px.adapters import Adapter
+
+    donut = tf.build("donut-swin")
+    adapter = get_adapter(donut)
+    assert adapter.name == "vit"  # Donut-Swin is Swin: the ViT/Swin adapter
+    found = Adapter().probability_only_weights(donut)
+    assert len(found) == 6 and all(n.endswith(("query.weight", "key.weight")) for n in found)
+    # the same tensors kept dense whether the generic path or the adapter prunes it
+    assert set(adapter.prunable_parameters(donut)) == set(Adapter().prunable_parameters(donut))
+    assert not set(found) & set(adapter.prunable_parameters(donut))
+    v2 = tf.build("swinv2")
+    found = get_adapter(v2).probability_only_weights(v2)
+    assert any("continuous_position_bias_mlp" in n for n in found)
+    # attention read as a gate (Swin through AttentionInterface) keeps q/k prunable
+    swin = tf.build("swin")
+    assert get_adapter(swin).probability_only_weights(swin) == {}
+    assert any(n.endswith("q_proj.weight") for n in get_adapter(swin).prunable_parameters(swin))

@@ -54,11 +54,11 @@ _INLINE_QK = (
 
 @register_adapter
 class MobileViTAdapter(Adapter):
-    """MobileNetV2 blocks + unfolded-patch transformer blocks (inline softmax attention)."""
+    """MobileNetV2 blocks + unfolded-patch transformer blocks (inline softmax attention,
+    whose query/key the base rule keeps dense: `Adapter.probability_only_weights`)."""
 
     name = "mobilevit"
     model_types = ("mobilevit",)
-    unscorable = ((r"\.attention\.attention\.(query|key)\.weight$", _INLINE_QK),)
 
 
 @register_adapter
@@ -77,14 +77,8 @@ class CvtAdapter(Adapter):
 
 @register_adapter
 class PvtAdapter(Adapter):
-    """Spatial-reduction attention (keys/values from a strided conv), softmax inline."""
+    """Spatial-reduction attention (keys/values from a strided conv), softmax inline;
+    its query/key are kept dense by the base rule (`Adapter.probability_only_weights`)."""
 
     name = "pvt"
     model_types = ("pvt", "pvt_v2")
-    unscorable = (
-        (
-            r"\.attention(\.self)?\.(query|key)\.weight$",
-            _INLINE_QK + "; with a single reduced key token (a 32 px input at reduction 8) "
-            "query/key do not affect the output at all",
-        ),
-    )
