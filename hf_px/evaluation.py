@@ -24,6 +24,7 @@ from torch import nn
 
 from .distributed import make_reducer
 from .errors import HfPxError
+from .utils import float32_compute
 
 _DEFAULT_NAME = re.compile(r"^LABEL_\d+$")
 
@@ -97,32 +98,9 @@ def evaluate(
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     was_training = model.training
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    sums = torch.zeros(3, dtype=torch.float64)  # correct, summed loss, images
     try:
-        for b in reducer.shard(batches):
-            y = torch.as_tensor(b["labels"]).long().reshape(-1)
-            if mapping is not None:
-                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(mapping)):
-                    raise HfPxError(
-                        "a label id lies outside the data set's class names; check --label-column"
-                    )
-                y = mapping[y]
-            logits = _logits(model(pixel_values=b["pixel_values"].to(device))).float().cpu()
-            if logits.dim() != 2 or logits.shape[0] != y.numel():
-                raise HfPxError(
-                    f"the model returned logits of shape {tuple(logits.shape)} for "
-                    f"{y.numel()} labels; evaluate an image classifier"
-                )
-            n_cls = num_labels or logits.shape[1]
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_cls):
-                raise HfPxError(
-                    f"label id {int(y.max())} is out of range for a model with {n_cls} "
-                    "classes; evaluate on the data set the model was trained for"
-                )
-            sums[0] += float((logits.argmax(-1) == y).sum())
-            sums[1] += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            sums[2] += y.numel()
+        with float32_compute(model):  # a half model's logits and loss in float32
+            sums = _sums(model, reducer.shard(batches), mapping, num_labels)
     finally:
         model.train(was_training)
     sums = reducer.all_reduce_sum(sums)
@@ -135,6 +113,36 @@ def evaluate(
         "num_samples": n,
         "correct": int(sums[0]),
     }
+
+
+def _sums(model, batches, mapping, num_labels) -> torch.Tensor:
+    """(correct predictions, summed loss, images) over `batches`, in float64."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    sums = torch.zeros(3, dtype=torch.float64)
+    for b in batches:
+        y = torch.as_tensor(b["labels"]).long().reshape(-1)
+        if mapping is not None:
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(mapping)):
+                raise HfPxError(
+                    "a label id lies outside the data set's class names; check --label-column"
+                )
+            y = mapping[y]
+        logits = _logits(model(pixel_values=b["pixel_values"].to(device))).float().cpu()
+        if logits.dim() != 2 or logits.shape[0] != y.numel():
+            raise HfPxError(
+                f"the model returned logits of shape {tuple(logits.shape)} for "
+                f"{y.numel()} labels; evaluate an image classifier"
+            )
+        n_cls = num_labels or logits.shape[1]
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_cls):
+            raise HfPxError(
+                f"label id {int(y.max())} is out of range for a model with {n_cls} "
+                "classes; evaluate on the data set the model was trained for"
+            )
+        sums[0] += float((logits.argmax(-1) == y).sum())
+        sums[1] += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        sums[2] += y.numel()
+    return sums
 
 
 __all__ = ["evaluate", "label_mapping"]

@@ -19,7 +19,7 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
-from .utils import zero_where_pruned
+from .utils import float32_compute, zero_where_pruned
 
 
 def _denormals_flushed() -> bool:
@@ -128,7 +128,8 @@ def compute_scores(
         round_index=int(options.pop("round_index", 0)),
         options=options,
     )
-    return _score(m, ctx, data)
+    with float32_compute(model):
+        return _score(m, ctx, data)
 
 
 def prune(
@@ -158,8 +159,8 @@ def prune(
     ``min_density_ratio`` is the collapse guard of :mod:`hf_px.masks.threshold`
     (0 = reference behaviour).
 
-    Longer than most functions here on purpose: the round loop (score, threshold,
-    record, report progress) reads top to bottom in one place.
+    A float16/bfloat16 model is scored in float32 and its tensors cast back to
+    their own dtype afterwards (:func:`hf_px.utils.float32_compute`).
     """
     cfg = _settings(
         config,
@@ -172,6 +173,16 @@ def prune(
         min_density_ratio=min_density_ratio,
         method_options=method_options or None,
     )
+    with float32_compute(model):  # a half model is scored in float32, kept in its dtype
+        return _prune(model, batches, cfg, accelerator, callback)
+
+
+def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> PruningResult:
+    """`prune` with its settings merged into `cfg`.
+
+    Longer than most functions here on purpose: the round loop (score, threshold,
+    record, report progress) reads top to bottom in one place.
+    """
     s, m, scope, seed = cfg.sparsity, get_method(cfg.method), cfg.scope, cfg.seed
     rounds = cfg.rounds if cfg.rounds is not None else m.default_rounds
     min_density_ratio, method_options = cfg.min_density_ratio, dict(cfg.method_options)
@@ -308,18 +319,19 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict[str, Any]]) -
         return 0
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for b in batches:
-                model(pixel_values=b["pixel_values"])
-    finally:
-        for m, flag in modes:
-            m.training = flag
-        for m, mom in momenta:
-            m.momentum = mom
+    with float32_compute(model):  # statistics of a half model are summed in float32
+        try:
+            model.eval()
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            with torch.no_grad():
+                for b in batches:
+                    model(pixel_values=b["pixel_values"])
+        finally:
+            for m, flag in modes:
+                m.training = flag
+            for m, mom in momenta:
+                m.momentum = mom
     return len(bns)
