@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,7 +21,9 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
-from .utils import float32_compute, zero_where_pruned
+from .utils import count_kept, float32_compute, zero_where_pruned
+
+logger = logging.getLogger(__name__)
 
 
 def _denormals_flushed() -> bool:
@@ -189,10 +193,12 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
     exclude = list(cfg.exclude)
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)
+    _warn_unmatched(model, adapter, exclude)
     data = _materialise(batches, m)
-    masks = _check_masks(None, params)
+    masks = {n: p.detach() != 0 for n, p in params.items()}  # zeros it came with stay pruned
     total = sum(p.numel() for p in params.values())
-    counts = keep_counts(total, s, rounds)
+    kept = _check_target(total, s, sum(count_kept(mk) for mk in masks.values()))
+    counts = keep_counts(total, s, rounds, start=kept) if kept > _target(total, s) else []
     reducer = make_reducer(accelerator)
     select = select_global if scope == "global" else select_layerwise
     history = []
@@ -243,6 +249,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
         "threshold_s": threshold_s,
     }
     _zero_pruned(params, masks)
+    _warn_empty(masks)
     config = dataclasses.replace(
         cfg,
         rounds=rounds,
@@ -256,6 +263,81 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
         timings=timings,
         history=history,
     )
+
+
+def _target(total: int, sparsity: float) -> int:
+    """Weights a prune to `sparsity` keeps: exactly ``total − round(s · total)``."""
+    return total - round(sparsity * total)
+
+
+def check_request(model: nn.Module, sparsity: float, exclude: Iterable[str] = ()) -> None:
+    """Refuse, before any data is read, a sparsity that would prune every prunable weight of
+    `model` or none (one-line :class:`HfPxError`); `prune` checks the same."""
+    params = _prunable(model, get_adapter(model), exclude)
+    total = sum(p.numel() for p in params.values())
+    _check_target(total, sparsity, total)
+
+
+def _check_target(total: int, sparsity: float, kept: int) -> int:
+    """`kept` (the weights not yet at zero), after refusing a target that keeps no weight
+    or prunes none; warns when the model is already at least as sparse as asked."""
+    target = _target(total, sparsity)
+    if target == 0:
+        raise HfPxError(
+            f"sparsity {sparsity:g} prunes every one of the {total:,} prunable weights and "
+            f"leaves the model none; ask for at most {(total - 1) / total:.10g}"
+        )
+    if target == total:
+        raise HfPxError(
+            f"sparsity {sparsity:g} prunes none of the {total:,} prunable weights "
+            f"(round(s x {total:,}) = 0); ask for at least {1 / total:.3g}"
+        )
+    had = 1.0 - kept / total
+    if kept <= target:
+        logger.warning(
+            "the model already has %.2f%% of its %s prunable weights at zero, at or above the "
+            "requested %.2f%%: they stay pruned and nothing more is pruned",
+            100 * had,
+            f"{total:,}",
+            100 * sparsity,
+        )
+    elif kept < total:
+        logger.info(
+            "the model came with %.2f%% of its prunable weights at zero: they stay pruned "
+            "and count toward the %.2f%% asked for",
+            100 * had,
+            100 * sparsity,
+        )
+    return kept
+
+
+def _warn_unmatched(model: nn.Module, adapter: Adapter, exclude: list[str]) -> None:
+    """One line naming the `exclude` patterns that match no prunable weight (a typo
+    would otherwise prune what the user meant to keep)."""
+    if not exclude:
+        return
+    names = list(adapter.prunable_parameters(model))
+    unmatched = [p for p in exclude if not any(re.search(p, n) for n in names)]
+    if unmatched:
+        logger.warning(
+            "exclude pattern(s) %s match no prunable weight and exclude nothing (the "
+            "prunable weights are named like %r)",
+            ", ".join(repr(p) for p in unmatched),
+            names[0] if names else "",
+        )
+
+
+def _warn_empty(masks: dict[str, torch.Tensor]) -> None:
+    empty = [n for n, mk in masks.items() if count_kept(mk) == 0]
+    if empty:
+        shown = ", ".join(repr(n) for n in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        logger.warning(
+            "every weight of %d of the %d prunable tensors is pruned (%s); lower the sparsity "
+            "or raise min_density_ratio (--min-density-ratio) to keep some in each",
+            len(empty),
+            len(masks),
+            shown,
+        )
 
 
 def _eta(refreshed, reused, plan, scored_counts, total) -> float:

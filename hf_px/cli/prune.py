@@ -15,6 +15,7 @@ from .. import calibration, distributed
 from ..checkpoint import check_output_dir
 from ..config import SCOPES
 from ..methods import METHODS, px
+from ..pruning import check_request
 from . import common, output, parsing
 from .resolve import (
     default_output_dir,
@@ -91,6 +92,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model.eval()
         model.to(acc.device)
         distributed.check_same_weights(model, acc)  # every rank scores the same model
+    check_request(model, args.sparsity, args.exclude)  # before any data is read
     # after loading, so that a wrong model id or a non-image model is what gets reported
     common.error_if(
         get_method(args.method).needs_data and args.dataset is None and not is_shipped(args.model),
