@@ -19,9 +19,7 @@ def keep_counts(total: int, sparsity: float, rounds: int, start: int | None = No
     `start`: the weights kept before the first round (default `total`); never exceeded.
     """
     start = total if start is None else start
-    counts = [
-        total - round((1.0 - d) * total) for d in densities(sparsity, rounds, start / total)
-    ]
+    counts = [total - round((1.0 - d) * total) for d in densities(sparsity, rounds, start / total)]
     counts[-1] = total - round(sparsity * total)
     counts[0] = min(counts[0], start)
     for i in range(1, len(counts)):  # never grow back (float rounding)
