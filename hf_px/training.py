@@ -294,7 +294,7 @@ def image_transform(
     Images are decoded when a batch is read (not stored prepared), converted to
     RGB and prepared by the checkpoint's own image processor, as transformers'
     image-classification examples do; `label_table` maps data-set ids to the
-    model's (by class name, :func:`hf_px.evaluation.label_mapping`).
+    model's (by class name, :func:`hf_px.calibration.labels.label_table`).
     """
     from .calibration.images import decode_image
 

@@ -32,6 +32,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
     with output.phase("preparing evaluation data", timings, "data_s"):
         data = common.eval_data(
             args.dataset,
+            model,
             processor=common.data_processor(model, processor),
             dataset_config=args.dataset_config,
             split=args.split,

@@ -102,7 +102,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     data_proc = common.data_processor(model, processor)
 
-    batches, calib_info = _calibration(args, data_proc, acc, timings)
+    batches, calib_info = _calibration(args, data_proc, model.config, acc, timings)
 
     evaluation: dict[str, Any] | None = None
     if args.eval:
@@ -110,6 +110,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         with output.phase("evaluating the dense model", timings, "eval_dense_s"):
             data = common.eval_data(
                 eval_ref,
+                model,
                 processor=data_proc,
                 dataset_config=args.dataset_config if eval_ref == args.dataset else None,
                 split=args.eval_split,
@@ -157,11 +158,12 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _calibration(
-    args: argparse.Namespace, data_proc: Any, acc: Any, timings: dict[str, float]
+    args: argparse.Namespace, data_proc: Any, model_config: Any, acc: Any, timings: dict
 ) -> tuple[list[dict], dict[str, Any]]:
     """The calibration batches on this process's device, and what the card says of them."""
     from ..methods import get_method
 
+    needs_labels = get_method(args.method).needs_labels
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
         batches = calibration.load_calibration_batches(
             args.dataset,
@@ -174,7 +176,8 @@ def _calibration(
             examples_per_class=args.examples_per_class,
             batch_size=args.batch_size,
             seed=args.seed,
-            need_labels=get_method(args.method).needs_labels,
+            need_labels=needs_labels,
+            model_config=model_config if needs_labels else None,  # the model's class ids
         )
         batches = distributed.move_batches(batches, acc.device)
     calib_info = {
