@@ -69,6 +69,40 @@ def _split_error(what: str, split: str, available: Iterable[str]) -> HfPxError:
     return HfPxError(f"{what} has no split {split!r}; choose --split from {names}")
 
 
+def _check_single_split(ds, ref: str, split: str) -> None:
+    """A saved single `Dataset` is one split: its own name (when it has one), or the
+    default `train` that every command reads when no split is named."""
+    own = str(ds.split) if ds.split is not None else None
+    if split in ("train", own):
+        return
+    what = f"split {own!r}" if own else "no split name"
+    fix = f"drop --split or pass --split {own}" if own else "drop --split"
+    raise HfPxError(
+        f"saved dataset {ref!r} is a single Dataset ({what}), so it has no split {split!r}; "
+        f"{fix} (or save a DatasetDict with the splits)"
+    )
+
+
+def resolve_split(
+    dataset: str | os.PathLike | None, dataset_config: str | None, split: str | None
+) -> str | None:
+    """`split` checked against the data, before any expensive work: refuses a split the
+    built-in digits or a saved dataset lack (a one-line error naming the ones it has).
+    No split given and a saved single `Dataset` that has a name: that name (what the
+    card should record); otherwise `split` as given. Image folders and Hub ids are
+    checked when opened (before any image is decoded)."""
+    ref = None if dataset is None else os.fspath(dataset)
+    path = None if ref is None else Path(ref).expanduser()
+    local = ref is None or ref == DEFAULT_DATASET
+    saved = path is not None and any((path / m).is_file() for m in _SAVED_MARKERS)
+    if not (local or saved):
+        return split
+    ds = open_dataset(dataset, dataset_config=dataset_config, split=split or "train")
+    single = saved and not (path / "dataset_dict.json").is_file()
+    own = getattr(ds, "split", None) if single else None
+    return split if split is not None or own is None else str(own)
+
+
 def _check_image_folder(root: Path, split: str) -> None:
     """Refuse an image folder with exactly one class folder (datasets would then
     silently drop the labels), and one without images."""
@@ -123,6 +157,8 @@ def open_dataset(
                 if split not in ds:
                     raise _split_error(f"saved dataset {ref!r}", split, list(ds))
                 ds = ds[split]
+            else:
+                _check_single_split(ds, ref, split)
             return ds.to_iterable_dataset() if streaming else ds
         _check_image_folder(path, split)
         return _load(datasets, ref, "imagefolder", None, split, bool(streaming), data_dir=str(path))
