@@ -96,3 +96,20 @@ def test_cli_prunes_and_evaluates_a_half_checkpoint_in_its_dtype(tmp_path, capsy
     assert run(["eval", str(out), "--dataset", "sklearn-digits", "--num-samples", "64",
                 "--json", "--quiet"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["num_samples"] == 64
+
+
+def test_cli_finetune_trains_a_half_checkpoint_and_saves_it_in_its_dtype(tmp_path, capsys):
+    from hf_px import load_pruning
+
+    src, pruned, tuned = _half_digits(tmp_path, torch.float16), tmp_path / "p", tmp_path / "ft"
+    data = ["--dataset", "sklearn-digits", "--num-samples", "64", "--quiet"]
+    assert run(["prune", str(src), "--sparsity", "0.9", "--method", "magnitude",
+                "--output-dir", str(pruned), *data]) == 0  # fmt: skip
+    assert run(["finetune", str(pruned), "--epochs", "1", "--learning-rate", "1e-3",
+                "--output-dir", str(tuned), *data]) == 0, capsys.readouterr().err  # fmt: skip
+    assert _saved_dtypes(tuned) == {torch.float16}
+    saved = load_pruning(tuned)
+    with safe_open(str(tuned / "model.safetensors"), "pt") as f:
+        for name, mask in saved.masks.items():
+            assert bool((f.get_tensor(name)[~mask] == 0).all()), name
+    assert saved.sparsity == pytest.approx(0.9, abs=1e-4)
