@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, get_adapter
+from .calibration.labels import to_model_ids
 from .config import PruningConfig, PruningResult
 from .distributed import check_not_offloaded, make_reducer
 from .errors import HfPxError
@@ -45,7 +46,9 @@ def flush_denormal() -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
-def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> list[dict]:
+def _materialise(
+    batches: Iterable[dict[str, Any]] | None, method: Method, model: nn.Module
+) -> list[dict]:
     if batches is None:
         batches = []
     if isinstance(batches, dict):
@@ -65,6 +68,9 @@ def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> li
             )
     if method.needs_labels:
         require_labels(out, method.name)
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        for i, b in enumerate(out):  # a one-line error, not cross_entropy's IndexError
+            to_model_ids(b["labels"], None, num_labels, f"batch {i}")
     return out
 
 
@@ -121,7 +127,7 @@ def compute_scores(
     m = get_method(method)
     adapter = options.pop("adapter", None) or get_adapter(model)
     params = _prunable(model, adapter, options.pop("exclude", ()))
-    data = _materialise(batches, m)
+    data = _materialise(batches, m, model)
     ctx = ScoringContext(
         model=model,
         adapter=adapter,
@@ -194,7 +200,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)
     _warn_unmatched(model, adapter, exclude)
-    data = _materialise(batches, m)
+    data = _materialise(batches, m, model)
     masks = {n: p.detach() != 0 for n, p in params.items()}  # zeros it came with stay pruned
     total = sum(p.numel() for p in params.values())
     kept = _check_target(total, s, sum(count_kept(mk) for mk in masks.values()))

@@ -161,3 +161,15 @@ def test_labelled_batches_map_the_same_way(digit_sets):
             model_config=model.config,
         )
     assert json.loads(json.dumps(model.config.id2label))  # the model itself is untouched
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_library_batches_with_a_label_past_the_models_classes_are_refused(method):
+    from conftest import make_batches, tiny_resnet
+
+    from hf_px import prune
+
+    batches = make_batches(classes=3)
+    batches[1]["labels"][0] = 3  # a three-class model: ids 0..2
+    with pytest.raises(HfPxError, match="label id 3 of batch 1 is out of range .* 3 classes"):
+        prune(tiny_resnet(num_labels=3), batches, 0.5, method=method)

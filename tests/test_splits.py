@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_px.calibration import digits_dataset, open_dataset
+from hf_px.calibration import digits_dataset, open_dataset, resolve_split
 from hf_px.cli.main import run
 from hf_px.errors import HfPxError
 
@@ -33,6 +33,18 @@ def test_a_single_dataset_refuses_a_split_it_is_not(saved):
     assert "drop --split" in str(err.value)
     with pytest.raises(HfPxError, match="--split test"):
         open_dataset(test, split="validation")
+
+
+def test_an_image_folder_refuses_a_split_it_lacks_before_opening(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / c / "0.png")
+    assert resolve_split(tmp_path, None, "test") == "test"
+    with pytest.raises(HfPxError, match="no split 'validation'.*'train', 'test'"):
+        resolve_split(tmp_path, None, "validation")
 
 
 def _error(capsys) -> str:

@@ -87,20 +87,38 @@ def resolve_split(
     dataset: str | os.PathLike | None, dataset_config: str | None, split: str | None
 ) -> str | None:
     """`split` checked against the data, before any expensive work: refuses a split the
-    built-in digits or a saved dataset lack (a one-line error naming the ones it has).
-    No split given and a saved single `Dataset` that has a name: that name (what the
-    card should record); otherwise `split` as given. Image folders and Hub ids are
-    checked when opened (before any image is decoded)."""
+    built-in digits, a saved dataset or an image folder lack (a one-line error naming
+    the ones it has). No split given and a saved single `Dataset` that has a name: that
+    name (what the card should record); otherwise `split` as given. Hub ids are checked
+    when opened (before any image is decoded)."""
     ref = None if dataset is None else os.fspath(dataset)
     path = None if ref is None else Path(ref).expanduser()
-    local = ref is None or ref == DEFAULT_DATASET
-    saved = path is not None and any((path / m).is_file() for m in _SAVED_MARKERS)
-    if not (local or saved):
+    if path is not None and path.is_dir() and not _is_saved(path):
+        if split is not None:
+            _check_folder_split(path, ref, split)
+        return split
+    if not (ref is None or ref == DEFAULT_DATASET or (path is not None and _is_saved(path))):
         return split
     ds = open_dataset(dataset, dataset_config=dataset_config, split=split or "train")
-    single = saved and not (path / "dataset_dict.json").is_file()
+    single = path is not None and not (path / "dataset_dict.json").is_file()
     own = getattr(ds, "split", None) if single else None
     return split if split is not None or own is None else str(own)
+
+
+def _is_saved(path: Path) -> bool:
+    return any((path / m).is_file() for m in _SAVED_MARKERS)
+
+
+def _check_folder_split(path: Path, ref: str, split: str) -> None:
+    """The splits `datasets` will find in an image folder (its own file-name rules)."""
+    from datasets.data_files import get_data_patterns
+
+    try:
+        splits = [str(s) for s in get_data_patterns(str(path))]
+    except (OSError, ValueError):  # no files: opening the folder reports it with its fix
+        return
+    if split not in splits:
+        raise _split_error(f"image folder {ref!r}", split, splits)
 
 
 def _check_image_folder(root: Path, split: str) -> None:
@@ -145,7 +163,7 @@ def open_dataset(
             "or a Hub dataset id"
         )
     if path.is_dir():
-        if any((path / m).is_file() for m in _SAVED_MARKERS):
+        if _is_saved(path):
             try:
                 ds = datasets.load_from_disk(str(path))
             except (OSError, ValueError) as err:
