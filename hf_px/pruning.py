@@ -204,6 +204,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
     masks = {n: p.detach() != 0 for n, p in params.items()}  # zeros it came with stay pruned
     total = sum(p.numel() for p in params.values())
     kept = _check_target(total, s, sum(count_kept(mk) for mk in masks.values()))
+    came_empty = [n for n, mk in masks.items() if count_kept(mk) == 0]
     counts = keep_counts(total, s, rounds, start=kept) if kept > _target(total, s) else []
     reducer = make_reducer(accelerator)
     select = select_global if scope == "global" else select_layerwise
@@ -255,7 +256,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
         "threshold_s": threshold_s,
     }
     _zero_pruned(params, masks)
-    _warn_empty(masks)
+    _warn_empty(masks, came_empty)
     config = dataclasses.replace(
         cfg,
         rounds=rounds,
@@ -333,17 +334,23 @@ def _warn_unmatched(model: nn.Module, adapter: Adapter, exclude: list[str]) -> N
         )
 
 
-def _warn_empty(masks: dict[str, torch.Tensor]) -> None:
+def _warn_empty(masks: dict[str, torch.Tensor], came_empty: list[str]) -> None:
     empty = [n for n, mk in masks.items() if count_kept(mk) == 0]
-    if empty:
-        shown = ", ".join(repr(n) for n in empty[:3]) + (", ..." if len(empty) > 3 else "")
-        logger.warning(
-            "every weight of %d of the %d prunable tensors is pruned (%s); lower the sparsity "
-            "or raise min_density_ratio (--min-density-ratio) to keep some in each",
-            len(empty),
-            len(masks),
-            shown,
-        )
+    if not empty:
+        return
+    shown = ", ".join(repr(n) for n in empty[:3]) + (", ..." if len(empty) > 3 else "")
+    # a tensor that was all zero before pruning may be zero-initialised, not pruned
+    before = (
+        f"; {len(came_empty)} came all zero: --exclude them if not pruned" if came_empty else ""
+    )
+    logger.warning(
+        "every weight of %d of the %d prunable tensors is pruned (%s); lower the sparsity "
+        "or raise min_density_ratio (--min-density-ratio) to keep some in each%s",
+        len(empty),
+        len(masks),
+        shown,
+        before,
+    )
 
 
 def _eta(refreshed, reused, plan, scored_counts, total) -> float:

@@ -111,3 +111,14 @@ def test_a_tensor_left_with_no_weight_is_named_in_a_warning(caplog):
     assert not result.masks["classifier.weight"].any()
     (line,) = [w for w in _warnings(caplog) if "every weight" in w]
     assert "'classifier.weight'" in line
+
+
+def test_a_tensor_that_came_all_zero_is_named_as_such(caplog):
+    model = tiny_vit()
+    with torch.no_grad():
+        model.classifier.weight.zero_()  # zero-initialised, or pruned away earlier
+    with caplog.at_level(logging.WARNING, logger="hf_px"):
+        result = prune(model, make_batches(), 0.5, method="magnitude")
+    assert not result.masks["classifier.weight"].any()
+    (line,) = [w for w in _warnings(caplog) if "every weight" in w]
+    assert "1 came all zero" in line and "--exclude" in line
