@@ -127,6 +127,19 @@ def evaluate(model: Any, data: EvalData, acc: Any) -> dict[str, Any]:
     return _evaluate(model, data.batches, accelerator=acc)
 
 
+def resolve_splits(args: Any, *, with_eval: bool) -> None:
+    """Check ``--split`` (and ``--eval-split`` when `with_eval`) against the data before the
+    model loads; a saved single Dataset's own split name replaces an unnamed default."""
+    args.split = calibration.resolve_split(args.dataset, args.dataset_config, args.split)
+    if with_eval:
+        same = args.eval_dataset in (None, args.dataset)
+        args.eval_split = calibration.resolve_split(
+            args.eval_dataset or args.dataset,
+            args.dataset_config if same else None,
+            args.eval_split,
+        )
+
+
 def error_if(condition: bool, message: str) -> None:
     if condition:
         from ..errors import HfPxError
@@ -142,5 +155,6 @@ __all__ = [
     "eval_data",
     "evaluate",
     "report",
+    "resolve_splits",
     "save_and_push",
 ]

@@ -22,11 +22,9 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
-    from ..calibration import resolve_split
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    args.split = resolve_split(args.dataset, args.dataset_config, args.split)  # before loading
+    common.resolve_splits(args, with_eval=False)  # a missing split: before loading
     acc = common.accelerator()
     with output.phase(f"loading {model_name(args.model)}", timings, "load_s"):
         model, processor = load(args.model, args)

@@ -184,15 +184,7 @@ def _check_args(args: argparse.Namespace, src: Path) -> Path:
     )
     out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
     check_output_dir(out_dir, args.overwrite)
-    # the splits exist, before the model loads (a saved single Dataset: its own name)
-    args.split = calibration.resolve_split(args.dataset, args.dataset_config, args.split)
-    if args.eval_dataset or args.eval_split:
-        same = args.eval_dataset is None
-        args.eval_split = calibration.resolve_split(
-            args.eval_dataset or args.dataset,
-            args.dataset_config if same else None,
-            args.eval_split,
-        )
+    common.resolve_splits(args, with_eval=bool(args.eval_dataset or args.eval_split))
     return out_dir
 
 

@@ -62,15 +62,7 @@ def _check_args(args: argparse.Namespace) -> Path:
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
-    # the splits exist (and a saved single Dataset's own name is what the card records)
-    args.split = calibration.resolve_split(args.dataset, args.dataset_config, args.split)
-    if args.eval:
-        same = args.eval_dataset is None or args.eval_dataset == args.dataset
-        args.eval_split = calibration.resolve_split(
-            args.eval_dataset or args.dataset,
-            args.dataset_config if same else None,
-            args.eval_split,
-        )
+    common.resolve_splits(args, with_eval=args.eval)  # a missing split: before loading
     _refuse_unsupported(args.model)
     return out_dir
 
