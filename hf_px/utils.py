@@ -129,22 +129,25 @@ def float32_compute(model: torch.nn.Module) -> Iterator[None]:
         for key, t in store.items()
         if t is not None and t.dtype in HALF_DTYPES
     ]
-    with torch.no_grad():
-        for owner, key, _ in tensors:
-            _set_dtype(owner, key, torch.float32)
+    _cast(tensors, lambda _: torch.float32)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for owner, key, dtype in tensors:
-                _set_dtype(owner, key, dtype)
+        _cast(tensors, lambda dtype: dtype)
 
 
-def _set_dtype(owner: torch.nn.Module, key: str, dtype: torch.dtype) -> None:
-    if key in owner._parameters:
-        param = owner._parameters[key]
-        param.data = param.data.to(dtype)
-        if param.grad is not None:
-            param.grad = None  # a float32 gradient cannot sit on a half parameter
-    else:
-        owner._buffers[key] = owner._buffers[key].to(dtype)
+@torch.no_grad()
+def _cast(tensors: list, to: Any) -> None:
+    """Cast each (module, name, dtype) to ``to(dtype)``; a tensor several modules share
+    is cast once and stays shared."""
+    done: dict[int, torch.Tensor] = {}
+    for owner, key, dtype in tensors:
+        if key in owner._parameters:
+            param = owner._parameters[key]
+            param.data = param.data.to(to(dtype))  # the same Parameter: optimizers keep it
+            param.grad = None  # a gradient of the other dtype cannot stay on it
+        else:
+            old = owner._buffers[key]
+            if id(old) not in done:
+                done[id(old)] = old.to(to(dtype))
+            owner._buffers[key] = done[id(old)]

@@ -118,3 +118,23 @@ def test_cli_finetune_trains_a_half_checkpoint_and_saves_it_in_its_dtype(tmp_pat
         for name, mask in saved.masks.items():
             assert bool((f.get_tensor(name)[~mask] == 0).all()), name
     assert saved.sparsity == pytest.approx(0.9, abs=1e-4)
+
+
+def test_float32_compute_restores_dtypes_identity_and_sharing():
+    from torch import nn
+
+    from hf_px.utils import float32_compute
+
+    shared = torch.ones(3, dtype=torch.float16)
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 3)).to(torch.bfloat16)
+    net[0].register_buffer("s", shared)
+    net[2].register_buffer("s", shared)
+    param = net[0].weight
+    with float32_compute(net):
+        assert {t.dtype for t in [*net.parameters(), *net.buffers()] if t.is_floating_point()} == {
+            torch.float32
+        }
+        assert net[0].s is net[2].s
+    assert net[0].weight is param and param.dtype == torch.bfloat16
+    assert net[0].s is net[2].s and net[0].s.dtype == torch.float16
+    assert net[1].running_mean.dtype == torch.bfloat16
