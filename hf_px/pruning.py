@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, get_adapter
+from .calibration.labels import to_model_ids
 from .config import PruningConfig, PruningResult
 from .distributed import check_not_offloaded, make_reducer
 from .errors import HfPxError
@@ -19,7 +22,9 @@ from .masks import keep_counts, select_global, select_layerwise
 from .masks.check import check_masks
 from .methods import Method, RoundCache, ScoringContext, get_method
 from .methods.base import require_labels
-from .utils import zero_where_pruned
+from .utils import count_kept, float32_compute, zero_where_pruned
+
+logger = logging.getLogger(__name__)
 
 
 def _denormals_flushed() -> bool:
@@ -41,7 +46,9 @@ def flush_denormal() -> Iterator[None]:
         torch.set_flush_denormal(previous)
 
 
-def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> list[dict]:
+def _materialise(
+    batches: Iterable[dict[str, Any]] | None, method: Method, model: nn.Module
+) -> list[dict]:
     if batches is None:
         batches = []
     if isinstance(batches, dict):
@@ -61,6 +68,9 @@ def _materialise(batches: Iterable[dict[str, Any]] | None, method: Method) -> li
             )
     if method.needs_labels:
         require_labels(out, method.name)
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        for i, b in enumerate(out):  # a one-line error, not cross_entropy's IndexError
+            to_model_ids(b["labels"], None, num_labels, f"batch {i}")
     return out
 
 
@@ -117,7 +127,7 @@ def compute_scores(
     m = get_method(method)
     adapter = options.pop("adapter", None) or get_adapter(model)
     params = _prunable(model, adapter, options.pop("exclude", ()))
-    data = _materialise(batches, m)
+    data = _materialise(batches, m, model)
     ctx = ScoringContext(
         model=model,
         adapter=adapter,
@@ -128,7 +138,8 @@ def compute_scores(
         round_index=int(options.pop("round_index", 0)),
         options=options,
     )
-    return _score(m, ctx, data)
+    with float32_compute(model):
+        return _score(m, ctx, data)
 
 
 def prune(
@@ -158,8 +169,8 @@ def prune(
     ``min_density_ratio`` is the collapse guard of :mod:`hf_px.masks.threshold`
     (0 = reference behaviour).
 
-    Longer than most functions here on purpose: the round loop (score, threshold,
-    record, report progress) reads top to bottom in one place.
+    A float16/bfloat16 model is scored in float32 and its tensors cast back to
+    their own dtype afterwards (:func:`hf_px.utils.float32_compute`).
     """
     cfg = _settings(
         config,
@@ -172,16 +183,29 @@ def prune(
         min_density_ratio=min_density_ratio,
         method_options=method_options or None,
     )
+    with float32_compute(model):  # a half model is scored in float32, kept in its dtype
+        return _prune(model, batches, cfg, accelerator, callback)
+
+
+def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> PruningResult:
+    """`prune` with its settings merged into `cfg`.
+
+    Longer than most functions here on purpose: the round loop (score, threshold,
+    record, report progress) reads top to bottom in one place.
+    """
     s, m, scope, seed = cfg.sparsity, get_method(cfg.method), cfg.scope, cfg.seed
     rounds = cfg.rounds if cfg.rounds is not None else m.default_rounds
     min_density_ratio, method_options = cfg.min_density_ratio, dict(cfg.method_options)
     exclude = list(cfg.exclude)
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)
-    data = _materialise(batches, m)
-    masks = _check_masks(None, params)
+    _warn_unmatched(model, adapter, exclude)
+    data = _materialise(batches, m, model)
+    masks = {n: p.detach() != 0 for n, p in params.items()}  # zeros it came with stay pruned
     total = sum(p.numel() for p in params.values())
-    counts = keep_counts(total, s, rounds)
+    kept = _check_target(total, s, sum(count_kept(mk) for mk in masks.values()))
+    came_empty = [n for n, mk in masks.items() if count_kept(mk) == 0]
+    counts = keep_counts(total, s, rounds, start=kept) if kept > _target(total, s) else []
     reducer = make_reducer(accelerator)
     select = select_global if scope == "global" else select_layerwise
     history = []
@@ -232,6 +256,7 @@ def prune(
         "threshold_s": threshold_s,
     }
     _zero_pruned(params, masks)
+    _warn_empty(masks, came_empty)
     config = dataclasses.replace(
         cfg,
         rounds=rounds,
@@ -244,6 +269,87 @@ def prune(
         config=config,
         timings=timings,
         history=history,
+    )
+
+
+def _target(total: int, sparsity: float) -> int:
+    """Weights a prune to `sparsity` keeps: exactly ``total − round(s · total)``."""
+    return total - round(sparsity * total)
+
+
+def check_request(model: nn.Module, sparsity: float, exclude: Iterable[str] = ()) -> None:
+    """Refuse, before any data is read, a sparsity that would prune every prunable weight of
+    `model` or none (one-line :class:`HfPxError`); `prune` checks the same."""
+    params = _prunable(model, get_adapter(model), exclude)
+    total = sum(p.numel() for p in params.values())
+    _check_target(total, sparsity, total)
+
+
+def _check_target(total: int, sparsity: float, kept: int) -> int:
+    """`kept` (the weights not yet at zero), after refusing a target that keeps no weight
+    or prunes none; warns when the model is already at least as sparse as asked."""
+    target = _target(total, sparsity)
+    if target == 0:
+        raise HfPxError(
+            f"sparsity {sparsity:g} prunes every one of the {total:,} prunable weights and "
+            f"leaves the model none; ask for at most {(total - 1) / total:.10g}"
+        )
+    if target == total:
+        raise HfPxError(
+            f"sparsity {sparsity:g} prunes none of the {total:,} prunable weights "
+            f"(round(s x {total:,}) = 0); ask for at least {1 / total:.3g}"
+        )
+    had = 1.0 - kept / total
+    if kept <= target:
+        logger.warning(
+            "the model already has %.2f%% of its %s prunable weights at zero, at or above the "
+            "requested %.2f%%: they stay pruned and nothing more is pruned",
+            100 * had,
+            f"{total:,}",
+            100 * sparsity,
+        )
+    elif kept < total:
+        logger.info(
+            "the model came with %.2f%% of its prunable weights at zero: they stay pruned "
+            "and count toward the %.2f%% asked for",
+            100 * had,
+            100 * sparsity,
+        )
+    return kept
+
+
+def _warn_unmatched(model: nn.Module, adapter: Adapter, exclude: list[str]) -> None:
+    """One line naming the `exclude` patterns that match no prunable weight (a typo
+    would otherwise prune what the user meant to keep)."""
+    if not exclude:
+        return
+    names = list(adapter.prunable_parameters(model))
+    unmatched = [p for p in exclude if not any(re.search(p, n) for n in names)]
+    if unmatched:
+        logger.warning(
+            "exclude pattern(s) %s match no prunable weight and exclude nothing (the "
+            "prunable weights are named like %r)",
+            ", ".join(repr(p) for p in unmatched),
+            names[0] if names else "",
+        )
+
+
+def _warn_empty(masks: dict[str, torch.Tensor], came_empty: list[str]) -> None:
+    empty = [n for n, mk in masks.items() if count_kept(mk) == 0]
+    if not empty:
+        return
+    shown = ", ".join(repr(n) for n in empty[:3]) + (", ..." if len(empty) > 3 else "")
+    # a tensor that was all zero before pruning may be zero-initialised, not pruned
+    before = (
+        f"; {len(came_empty)} came all zero: --exclude them if not pruned" if came_empty else ""
+    )
+    logger.warning(
+        "every weight of %d of the %d prunable tensors is pruned (%s); lower the sparsity "
+        "or raise min_density_ratio (--min-density-ratio) to keep some in each%s",
+        len(empty),
+        len(masks),
+        shown,
+        before,
     )
 
 
@@ -308,18 +414,19 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[dict[str, Any]]) -
         return 0
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for b in batches:
-                model(pixel_values=b["pixel_values"])
-    finally:
-        for m, flag in modes:
-            m.training = flag
-        for m, mom in momenta:
-            m.momentum = mom
+    with float32_compute(model):  # statistics of a half model are summed in float32
+        try:
+            model.eval()
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            with torch.no_grad():
+                for b in batches:
+                    model(pixel_values=b["pixel_values"])
+        finally:
+            for m, flag in modes:
+                m.training = flag
+            for m, mom in momenta:
+                m.momentum = mom
     return len(bns)

@@ -27,6 +27,7 @@ what :func:`hf_px.prune` returns in ``PruningResult.masks``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ from .config import PruningResult
 from .errors import HfPxError
 from .masks.check import check_masks
 from .methods.base import cross_entropy, logits_of
+from .utils import float32_compute
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +236,8 @@ def finetune(
     model.train()
     t0 = time.perf_counter()
     step, first, epoch_losses = 0, None, []
+    half = contextlib.ExitStack()
+    half.enter_context(float32_compute(model))  # half weights train in float32
     try:
         for epoch in range(epochs):
             # samples, not batches, are shuffled: a class-sorted data set would otherwise
@@ -260,6 +264,7 @@ def finetune(
             epoch_losses.append(running / n)
             logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, epochs, running / n)
     finally:
+        half.close()  # back in their own dtype: pruned weights stay exactly 0
         model.eval()
     zeros = sum(int((p == 0).logical_and(~m).sum()) for p, m in bound)
     pruned = sum(int((~m).sum()) for _, m in bound)
@@ -289,7 +294,7 @@ def image_transform(
     Images are decoded when a batch is read (not stored prepared), converted to
     RGB and prepared by the checkpoint's own image processor, as transformers'
     image-classification examples do; `label_table` maps data-set ids to the
-    model's (by class name, :func:`hf_px.evaluation.label_mapping`).
+    model's (by class name, :func:`hf_px.calibration.labels.label_table`).
     """
     from .calibration.images import decode_image
 
@@ -365,6 +370,8 @@ def trainer_finetune(
     masks = as_masks(masks)
     own_dir = work_dir is None
     work = work_dir or tempfile.mkdtemp(prefix="hf-px-trainer-")
+    half = contextlib.ExitStack()
+    half.enter_context(float32_compute(model))  # half weights train in float32
     try:
         args = _training_arguments(
             work,
@@ -400,6 +407,7 @@ def trainer_finetune(
         train_s = time.perf_counter() - t0
         after = _evaluate(trainer, eval_dataset)
     finally:
+        half.close()  # back in their own dtype: pruned weights stay exactly 0
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -1,12 +1,14 @@
 """Small facts every layer reads the same way: the Hub's offline switch, lenient JSON
 files, which safetensors files hold a checkpoint's weights, an error's first line, and
 counting a mask's kept entries (numpy's counts are ~30x torch's bool sum on one CPU
-thread, measured)."""
+thread, measured), and computing on a float16/bfloat16 model in float32."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,47 @@ def times_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
         return torch.from_numpy(values.detach().contiguous().numpy() * mask.contiguous().numpy())
     return values * mask.to(values.dtype)
+
+
+#: storage dtypes computed in float32: fp16 overflows PX's path sums, and a half model
+#: cannot take the float32 pixel_values the data loaders give
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def float32_compute(model: torch.nn.Module) -> Iterator[None]:
+    """Run a block with `model`'s float16/bfloat16 parameters and buffers in float32,
+    then cast each back to its own dtype (in place: the Parameter objects stay the same).
+
+    Zeros stay exactly zero both ways, and a half value survives the round trip
+    bit for bit; only values the block changes are rounded on the way back.
+    """
+    tensors = [
+        (owner, key, t.dtype)
+        for owner in model.modules()
+        for store in (owner._parameters, owner._buffers)
+        for key, t in store.items()
+        if t is not None and t.dtype in HALF_DTYPES
+    ]
+    _cast(tensors, lambda _: torch.float32)
+    try:
+        yield
+    finally:
+        _cast(tensors, lambda dtype: dtype)
+
+
+@torch.no_grad()
+def _cast(tensors: list, to: Any) -> None:
+    """Cast each (module, name, dtype) to ``to(dtype)``; a tensor several modules share
+    is cast once and stays shared."""
+    done: dict[int, torch.Tensor] = {}
+    for owner, key, dtype in tensors:
+        if key in owner._parameters:
+            param = owner._parameters[key]
+            param.data = param.data.to(to(dtype))  # the same Parameter: optimizers keep it
+            param.grad = None  # a gradient of the other dtype cannot stay on it
+        else:
+            old = owner._buffers[key]
+            if id(old) not in done:
+                done[id(old)] = old.to(to(dtype))
+            owner._buffers[key] = done[id(old)]

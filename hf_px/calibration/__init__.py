@@ -24,7 +24,7 @@ from .images import to_rgb
 from .loaders import load_calibration_batches, load_labelled_batches
 from .processors import default_image_processor, image_size_of, load_image_processor
 from .sampling import DEFAULT_EXAMPLES_PER_CLASS, DEFAULT_NUM_SAMPLES
-from .sources import DEFAULT_DATASET, digits_dataset, open_dataset
+from .sources import DEFAULT_DATASET, digits_dataset, open_dataset, resolve_split
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -38,5 +38,6 @@ __all__ = [
     "load_image_processor",
     "load_labelled_batches",
     "open_dataset",
+    "resolve_split",
     "to_rgb",
 ]

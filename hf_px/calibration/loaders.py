@@ -21,6 +21,7 @@ from ..errors import HfPxError
 from . import sampling
 from .columns import LABEL_COLUMNS, class_names, image_column_of, label_column_of, label_list
 from .images import decode_image
+from .labels import label_table, to_model_ids
 from .processors import default_image_processor
 from .sources import describe, is_streamed, open_dataset
 
@@ -41,21 +42,26 @@ def load_calibration_batches(
     seed: int = 0,
     need_labels: bool = False,
     streaming: bool | None = None,
+    model_config: Any = None,
 ) -> list[dict[str, torch.Tensor]]:
     """The calibration batches for `dataset` (see :mod:`hf_px.calibration`).
 
     ``image_processor=None`` uses :func:`default_image_processor` (224 px,
     ImageNet statistics). ``need_labels=True`` (SNIP, GraSP) refuses a dataset
-    without labels. Raises :class:`HfPxError` with the fix for every bad input.
+    without labels. `model_config` (the model's ``config``): labels come out as
+    the model's class ids (:mod:`hf_px.calibration.labels`), checked before any
+    image is decoded; without it they are the data set's own ids.
+    Raises :class:`HfPxError` with the fix for every bad input.
     """
     sampling.check_positive("batch_size", batch_size)
     ds, image_col, label_col = _open(
         dataset, dataset_config, split, streaming, image_column, label_column
     )
+    ids = _model_ids(ds, label_col, model_config, dataset)
     rows, label_col = _calibration_rows(
-        ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels
+        ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels, ids
     )
-    batches = _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels)
+    batches = _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels, ids)
     logger.info(
         "calibration: %d images in %d batches from %s",
         sum(len(b["pixel_values"]) for b in batches),
@@ -77,17 +83,20 @@ def load_labelled_batches(
     num_samples: int | None = None,
     seed: int = 0,
     streaming: bool | None = None,
+    model_config: Any = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Labelled batches for evaluation: the whole split in dataset order, or
-    `num_samples` images drawn with `seed` (kept in dataset order)."""
+    `num_samples` images drawn with `seed` (kept in dataset order). With
+    `model_config`, labels are the model's class ids, as for calibration."""
     sampling.check_positive("batch_size", batch_size)
     if num_samples is not None:
         sampling.check_positive("num_samples", num_samples)
     ds, image_col, label_col = _open(
         dataset, dataset_config, split, streaming, image_column, label_column
     )
+    ids = _model_ids(ds, label_col, model_config, dataset)
     rows = _evaluation_rows(ds, image_col, label_col, dataset, num_samples, seed)
-    return _prepare(rows, label_col, image_processor, batch_size, dataset, True)
+    return _prepare(rows, label_col, image_processor, batch_size, dataset, True, ids)
 
 
 # -- the steps both loaders take: open, pick the rows (their own), prepare ------------------
@@ -97,11 +106,23 @@ def _open(dataset, dataset_config, split, streaming, image_column, label_column)
     return ds, image_column_of(ds, image_column), label_column_of(ds, label_column)
 
 
-def _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels) -> list[dict]:
-    """Check the rows' labels, decode each image once, run the image processor."""
+def _model_ids(ds, label_col, model_config, dataset) -> tuple | None:
+    """(data-set id → model id table, the model's class count) for `model_config`, with
+    the data set's class names checked against it; None = keep the data set's ids."""
+    if model_config is None or label_col is None:
+        return None
+    table = label_table(getattr(model_config, "id2label", None), class_names(ds, label_col))
+    return table, getattr(model_config, "num_labels", None)
+
+
+def _prepare(rows, label_col, image_processor, batch_size, dataset, need_labels, ids=None):
+    """Check the rows' labels (against the model's classes with `ids`), decode each image
+    once, run the image processor."""
     sampling.check_labels(rows, label_col)
+    if ids is not None and rows and rows[0][2] is not None:
+        to_model_ids([y for _, _, y in rows], *ids, f"dataset {describe(dataset)}")
     processor = image_processor if image_processor is not None else default_image_processor()
-    return _batches(rows, processor, batch_size, describe(dataset), need_labels)
+    return _batches(rows, processor, batch_size, describe(dataset), need_labels, ids)
 
 
 def _no_labels(who: str, dataset) -> HfPxError:
@@ -112,13 +133,15 @@ def _no_labels(who: str, dataset) -> HfPxError:
 
 
 def _calibration_rows(
-    ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels
+    ds, image_col, label_col, dataset, num_samples, examples_per_class, seed, need_labels, ids
 ):
     """k images of every class, or n images, drawn with `seed` in a random order."""
     streamed = is_streamed(ds)
     labels = label_list(ds, label_col) if label_col and not streamed else None
     if labels and all(y < 0 for y in labels):
         label_col = labels = None  # an unlabelled split (test sets store -1)
+    if labels and ids is not None:  # every label the model's, before any row is read
+        to_model_ids(labels, *ids, f"dataset {describe(dataset)}")
     if need_labels and label_col is None:
         raise _no_labels("the method", dataset)
     num_samples, per_class = sampling.resolve_sampling(
@@ -162,7 +185,7 @@ def _evaluation_rows(ds, image_col, label_col, dataset, num_samples, seed):
     return sampling.map_rows(ds, indices, image_col, label_col)
 
 
-def _batches(rows, processor, batch_size: int, where: str, need_labels: bool) -> list[dict]:
+def _batches(rows, processor, batch_size: int, where: str, need_labels: bool, ids) -> list[dict]:
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -173,7 +196,11 @@ def _batches(rows, processor, batch_size: int, where: str, need_labels: bool) ->
         batch = {"pixel_values": pixel_values.float()}
         labels = [y for _, _, y in chunk]
         if all(y is not None for y in labels):
-            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+            batch["labels"] = (
+                to_model_ids(labels, *ids, where)
+                if ids is not None
+                else torch.tensor(labels, dtype=torch.long)
+            )
         out.append(batch)
     if need_labels and out and "labels" not in out[0]:
         raise HfPxError("this method needs labels but the dataset has none; name --label-column")

@@ -69,6 +69,58 @@ def _split_error(what: str, split: str, available: Iterable[str]) -> HfPxError:
     return HfPxError(f"{what} has no split {split!r}; choose --split from {names}")
 
 
+def _check_single_split(ds, ref: str, split: str) -> None:
+    """A saved single `Dataset` is one split: its own name (when it has one), or the
+    default `train` that every command reads when no split is named."""
+    own = str(ds.split) if ds.split is not None else None
+    if split in ("train", own):
+        return
+    what = f"split {own!r}" if own else "no split name"
+    fix = f"drop --split or pass --split {own}" if own else "drop --split"
+    raise HfPxError(
+        f"saved dataset {ref!r} is a single Dataset ({what}), so it has no split {split!r}; "
+        f"{fix} (or save a DatasetDict with the splits)"
+    )
+
+
+def resolve_split(
+    dataset: str | os.PathLike | None, dataset_config: str | None, split: str | None
+) -> str | None:
+    """`split` checked against the data, before any expensive work: refuses a split the
+    built-in digits, a saved dataset or an image folder lack (a one-line error naming
+    the ones it has). No split given and a saved single `Dataset` that has a name: that
+    name (what the card should record); otherwise `split` as given. Hub ids are checked
+    when opened (before any image is decoded)."""
+    ref = None if dataset is None else os.fspath(dataset)
+    path = None if ref is None else Path(ref).expanduser()
+    if path is not None and path.is_dir() and not _is_saved(path):
+        if split is not None:
+            _check_folder_split(path, ref, split)
+        return split
+    if not (ref is None or ref == DEFAULT_DATASET or (path is not None and _is_saved(path))):
+        return split
+    ds = open_dataset(dataset, dataset_config=dataset_config, split=split or "train")
+    single = path is not None and not (path / "dataset_dict.json").is_file()
+    own = getattr(ds, "split", None) if single else None
+    return split if split is not None or own is None else str(own)
+
+
+def _is_saved(path: Path) -> bool:
+    return any((path / m).is_file() for m in _SAVED_MARKERS)
+
+
+def _check_folder_split(path: Path, ref: str, split: str) -> None:
+    """The splits `datasets` will find in an image folder (its own file-name rules)."""
+    from datasets.data_files import get_data_patterns
+
+    try:
+        splits = [str(s) for s in get_data_patterns(str(path))]
+    except (OSError, ValueError):  # no files: opening the folder reports it with its fix
+        return
+    if split not in splits:
+        raise _split_error(f"image folder {ref!r}", split, splits)
+
+
 def _check_image_folder(root: Path, split: str) -> None:
     """Refuse an image folder with exactly one class folder (datasets would then
     silently drop the labels), and one without images."""
@@ -111,7 +163,7 @@ def open_dataset(
             "or a Hub dataset id"
         )
     if path.is_dir():
-        if any((path / m).is_file() for m in _SAVED_MARKERS):
+        if _is_saved(path):
             try:
                 ds = datasets.load_from_disk(str(path))
             except (OSError, ValueError) as err:
@@ -123,6 +175,8 @@ def open_dataset(
                 if split not in ds:
                     raise _split_error(f"saved dataset {ref!r}", split, list(ds))
                 ds = ds[split]
+            else:
+                _check_single_split(ds, ref, split)
             return ds.to_iterable_dataset() if streaming else ds
         _check_image_folder(path, split)
         return _load(datasets, ref, "imagefolder", None, split, bool(streaming), data_dir=str(path))

@@ -82,13 +82,13 @@ def data_processor(model: Any, processor: Any) -> Any:
 
 @dataclass
 class EvalData:
-    batches: list[dict]
-    label_names: list[str] | None
+    batches: list[dict]  # labels are the model's class ids
     split: str
 
 
 def eval_data(
     dataset: str | None,
+    model: Any,
     *,
     processor: Any,
     dataset_config: str | None,
@@ -99,7 +99,7 @@ def eval_data(
     num_samples: int | None,
     seed: int,
 ) -> EvalData:
-    """Labelled batches and the data set's class names (for the model's id2label)."""
+    """Labelled batches, their labels mapped to `model`'s class ids by name."""
     common: dict[str, Any] = {"dataset_config": dataset_config, "label_column": label_column}
     if split:
         common["split"] = split
@@ -115,16 +115,29 @@ def eval_data(
         batch_size=batch_size,
         num_samples=num_samples,
         seed=seed,
+        model_config=getattr(model, "config", None),
         **common,
     )
-    names = calibration.dataset_label_names(dataset, **common)
-    return EvalData(batches, names, split or "train")
+    return EvalData(batches, split or "train")
 
 
 def evaluate(model: Any, data: EvalData, acc: Any) -> dict[str, Any]:
     from ..evaluation import evaluate as _evaluate
 
-    return _evaluate(model, data.batches, label_names=data.label_names, accelerator=acc)
+    return _evaluate(model, data.batches, accelerator=acc)
+
+
+def resolve_splits(args: Any, *, with_eval: bool) -> None:
+    """Check ``--split`` (and ``--eval-split`` when `with_eval`) against the data before the
+    model loads; a saved single Dataset's own split name replaces an unnamed default."""
+    args.split = calibration.resolve_split(args.dataset, args.dataset_config, args.split)
+    if with_eval:
+        same = args.eval_dataset in (None, args.dataset)
+        args.eval_split = calibration.resolve_split(
+            args.eval_dataset or args.dataset,
+            args.dataset_config if same else None,
+            args.eval_split,
+        )
 
 
 def error_if(condition: bool, message: str) -> None:
@@ -142,5 +155,6 @@ __all__ = [
     "eval_data",
     "evaluate",
     "report",
+    "resolve_splits",
     "save_and_push",
 ]

@@ -24,6 +24,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    common.resolve_splits(args, with_eval=False)  # a missing split: before loading
     acc = common.accelerator()
     with output.phase(f"loading {model_name(args.model)}", timings, "load_s"):
         model, processor = load(args.model, args)
@@ -32,6 +33,7 @@ def _eval(args: argparse.Namespace) -> dict[str, Any] | None:
     with output.phase("preparing evaluation data", timings, "data_s"):
         data = common.eval_data(
             args.dataset,
+            model,
             processor=common.data_processor(model, processor),
             dataset_config=args.dataset_config,
             split=args.split,

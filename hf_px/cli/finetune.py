@@ -59,8 +59,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
              processor: Any, num_samples: int | None):  # fmt: skip
     """(a `datasets.Dataset` giving pixel_values/labels, its class names)."""
+    from ..calibration.labels import label_table, to_model_ids
     from ..errors import HfPxError
-    from ..evaluation import label_mapping
     from ..training import image_transform
 
     ds = calibration.open_dataset(
@@ -80,12 +80,20 @@ def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
                 f"the dataset has only {len(ds)} images, fewer than --num-samples {num_samples}"
             )
         ds = ds.shuffle(seed=args.seed).select(range(num_samples))
-    table = label_mapping(model, calibration.columns.class_names(ds, label_col))
+    config = model.config
+    table = label_table(config.id2label, calibration.columns.class_names(ds, label_col))
     labels = ds[label_col]
     if any(not isinstance(y, int) or y < 0 for y in labels):
         raise HfPxError(
             f"label column {label_col!r} has missing or negative labels; use a labelled split"
         )
+    # every label the model's class, before any training step (the one mapping eval uses)
+    to_model_ids(
+        labels,
+        table,
+        config.num_labels,
+        f"dataset {public_name(ref) or calibration.DEFAULT_DATASET}",
+    )
     ds = calibration.columns.cast_undecoded(ds, image_col).select_columns([image_col, label_col])
     return ds.with_transform(image_transform(processor, image_col, label_col, table))
 
@@ -176,6 +184,7 @@ def _check_args(args: argparse.Namespace, src: Path) -> Path:
     )
     out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
     check_output_dir(out_dir, args.overwrite)
+    common.resolve_splits(args, with_eval=bool(args.eval_dataset or args.eval_split))
     return out_dir
 
 

@@ -15,6 +15,7 @@ from .. import calibration, distributed
 from ..checkpoint import check_output_dir
 from ..config import SCOPES
 from ..methods import METHODS, px
+from ..pruning import check_request
 from . import common, output, parsing
 from .resolve import (
     default_output_dir,
@@ -61,6 +62,7 @@ def _check_args(args: argparse.Namespace) -> Path:
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
     check_output_dir(out_dir, args.overwrite)
+    common.resolve_splits(args, with_eval=args.eval)  # a missing split: before loading
     _refuse_unsupported(args.model)
     return out_dir
 
@@ -91,6 +93,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         model.eval()
         model.to(acc.device)
         distributed.check_same_weights(model, acc)  # every rank scores the same model
+    check_request(model, args.sparsity, args.exclude)  # before any data is read
     # after loading, so that a wrong model id or a non-image model is what gets reported
     common.error_if(
         get_method(args.method).needs_data and args.dataset is None and not is_shipped(args.model),
@@ -100,7 +103,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     data_proc = common.data_processor(model, processor)
 
-    batches, calib_info = _calibration(args, data_proc, acc, timings)
+    batches, calib_info = _calibration(args, data_proc, model.config, acc, timings)
 
     evaluation: dict[str, Any] | None = None
     if args.eval:
@@ -108,6 +111,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         with output.phase("evaluating the dense model", timings, "eval_dense_s"):
             data = common.eval_data(
                 eval_ref,
+                model,
                 processor=data_proc,
                 dataset_config=args.dataset_config if eval_ref == args.dataset else None,
                 split=args.eval_split,
@@ -155,11 +159,12 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _calibration(
-    args: argparse.Namespace, data_proc: Any, acc: Any, timings: dict[str, float]
+    args: argparse.Namespace, data_proc: Any, model_config: Any, acc: Any, timings: dict
 ) -> tuple[list[dict], dict[str, Any]]:
     """The calibration batches on this process's device, and what the card says of them."""
     from ..methods import get_method
 
+    needs_labels = get_method(args.method).needs_labels
     with output.phase("preparing calibration data", timings, "calibration_data_s"):
         batches = calibration.load_calibration_batches(
             args.dataset,
@@ -172,7 +177,8 @@ def _calibration(
             examples_per_class=args.examples_per_class,
             batch_size=args.batch_size,
             seed=args.seed,
-            need_labels=get_method(args.method).needs_labels,
+            need_labels=needs_labels,
+            model_config=model_config if needs_labels else None,  # the model's class ids
         )
         batches = distributed.move_batches(batches, acc.device)
     calib_info = {
