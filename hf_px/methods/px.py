@@ -41,7 +41,7 @@ from torch import nn
 from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
 from ..utils import all_kept, count_kept
-from . import auxnets
+from . import auxnets, pxtrained
 from .auxnets import AuxState
 from .base import (
     Batch,
@@ -407,6 +407,13 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     no cut to rescale at, the scores are taken with own-statistics normalisation
     (:data:`OWN_STATISTICS`) and a warning, once per prune; options the caller set
     explicitly are never replaced (the overflow is then an error)."""
+    form = ctx.options.get("form") or "bound"
+    if form not in pxtrained.FORMS:
+        raise HfPxError(
+            f"px option form={form!r} is unknown; use one of {', '.join(pxtrained.FORMS)}"
+        )
+    if form != "bound":
+        return pxtrained.score(ctx, batches, form)
     cache = ctx.cache
     fallback = cache.store.get("px_fallback") if cache is not None else None
     if fallback:
