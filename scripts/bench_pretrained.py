@@ -18,7 +18,7 @@ One *run* = family × method × sparsity × seed:
 ``<family>-transfer`` families start from the checkpoint trained on classes 0-4
 only: its classifier is replaced by a fresh (seeded) 5-way head for classes 5-9,
 and calibration, fine-tuning (10,000 of the 30,000 images of classes 5-9) and
-test (the 5,000 test images of classes 5-9) use those classes only. ``dense`` is
+test (the 5,000 test images of classes 5-9; 5,000 class-balanced test images elsewhere) use those classes only. ``dense`` is
 a run without pruning (its *after fine-tuning* is the dense model through the
 same fine-tune). Methods are spelled as in ``scripts/bench_quality.py``
 (``px[norm=rms]`` passes ``norm="rms"`` to ``prune``).
@@ -74,7 +74,7 @@ PROTOCOL = {
     "finetune_batch": 128,
     "weight_decay": 0.01,
     "max_grad_norm": 1.0,
-    "test_images": None,  # all of the family's test images
+    "test_images": 5000,  # a class-balanced subset of the test split (seed 0)
 }
 QUICK = {
     **PROTOCOL,
@@ -165,6 +165,7 @@ def one_run(models_dir, family, info, method, sparsity, seed, proto, data):
     calibration, ft_batches, test = data
     model = load_model(models_dir, family, seed)
     row = {"family": family, "method": method, "sparsity": sparsity, "seed": seed}
+    row["models"] = str(models_dir)
     prune_s, densities = 0.0, {}
     masks = None
     if method != "dense":
@@ -173,6 +174,23 @@ def one_run(models_dir, family, info, method, sparsity, seed, proto, data):
         densities = {n: round(float(m.float().mean()), 5) for n, m in masks.items()}
     recalibrate_batchnorm(model, calibration)
     row["after_prune"] = bq.accuracy(model, test)
+    stats = {"train_s": 0.0, "pruned_weights_nonzero": 0}
+    if proto["finetune_epochs"] == 0:  # prune-only screening
+        row["after_finetune"] = None
+    else:
+        stats = finetune_and_test(model, masks, ft_batches, test, seed, proto, row)
+    row.update(
+        dense_top1=info["dense_top1"],
+        prune_s=round(prune_s, 2),
+        train_s=round(stats["train_s"], 2),
+        revived=stats["pruned_weights_nonzero"],
+        densities=densities,
+        code=bq.code_version(),
+    )
+    return row
+
+
+def finetune_and_test(model, masks, ft_batches, test, seed, proto, row) -> dict:
     stats = bq.finetune(
         model,
         masks,
@@ -186,15 +204,7 @@ def one_run(models_dir, family, info, method, sparsity, seed, proto, data):
         max_grad_norm=proto["max_grad_norm"],
     )
     row["after_finetune"] = bq.accuracy(model, test)
-    row.update(
-        dense_top1=info["dense_top1"],
-        prune_s=round(prune_s, 2),
-        train_s=round(stats["train_s"], 2),
-        revived=stats["pruned_weights_nonzero"],
-        densities=densities,
-        code=bq.code_version(),
-    )
-    return row
+    return stats
 
 
 def run_all(a, proto, cache, log) -> None:
@@ -259,9 +269,14 @@ def _cell(values):
 
 def tables(rows) -> str:
     out = []
-    fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
-    for family in fams:
-        fr = [r for r in rows if r["family"] == family]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        screen = r["after_finetune"] is None
+        groups.setdefault((FAMILIES.index(r["family"]), screen, r.get("models", "")), []).append(r)
+    for (fam_index, screen, models), fr in sorted(groups.items()):
+        family = FAMILIES[fam_index]
+        if screen:
+            family += f" — prune-only screening, models in {models}"
         dense = fr[0]["dense_top1"]
         sps = sorted({r["sparsity"] for r in fr if r["method"] != "dense"})
         methods = sorted(
@@ -287,7 +302,9 @@ def tables(rows) -> str:
                     cells.append("–")
                     continue
                 a = _cell([r["after_prune"] for r in cell_rows])
-                b = _cell([r["after_finetune"] for r in cell_rows])
+                b = _cell(
+                    [r["after_finetune"] for r in cell_rows if r["after_finetune"] is not None]
+                )
                 n = len(cell_rows)
                 cells.append(f"{a} → {b}" + ("" if n >= 3 else f" [{n}]"))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -295,11 +312,12 @@ def tables(rows) -> str:
     return "\n".join(out)
 
 
-def density_lines(rows, family, sparsity, seed=0) -> str:
+def density_lines(rows, family, sparsity, seed=0, models=None) -> str:
     sel = {
         r["method"]: r["densities"]
         for r in rows
         if r["family"] == family
+        and (models is None or r.get("models") == str(models))
         and r["sparsity"] == sparsity
         and r["seed"] == seed
         and r.get("densities")
@@ -339,6 +357,13 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--rounds", type=int, default=PROTOCOL["rounds"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=PROTOCOL["finetune_epochs"],
+        help="0: prune-only screening (top-1 after pruning, densities)",
+    )
+    p.add_argument("--test-images", type=int, default=PROTOCOL["test_images"])
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--densities", nargs=2, metavar=("FAMILY", "SPARSITY"))
     p.add_argument("--write-docs", action="store_true", help="tables into docs/benchmarks.md")
@@ -349,12 +374,14 @@ def main(argv=None) -> int:
         bq.parse_method(m)
     if a.densities:
         rows = list(Cache(a.cache).rows.values())
-        print(density_lines(rows, a.densities[0], float(a.densities[1])))
+        print(density_lines(rows, a.densities[0], float(a.densities[1]), models=a.models_dir))
         return 0
     if a.write_docs:
         write_docs(list(Cache(a.cache).rows.values()), ROOT / "docs" / "benchmarks.md")
         return 0
     proto = dict(QUICK if a.quick else PROTOCOL, rounds=2 if a.quick else a.rounds)
+    if not a.quick:
+        proto.update(finetune_epochs=a.finetune_epochs, test_images=a.test_images)
     tmp = None
     if a.quick:
         tmp = tempfile.TemporaryDirectory(prefix="bench-pretrained-")

@@ -208,11 +208,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true", help="retrain families already there")
     p.add_argument("--quick", action="store_true", help="512 images, 1 epoch (smoke test)")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     root = a.out or default_root()
     recipe = dict(RECIPE, epochs=1 if a.quick else a.epochs)
-    limit = 512 if a.quick else None
+    limit = 512 if a.quick else a.limit
     results = {}
     try:
         for family in a.families:
