@@ -76,3 +76,18 @@ def test_form_scores_every_vit_tensor_prunes_exactly_and_bad_form_is_refused():
         compute_scores(
             _net(), [{"pixel_values": torch.randn(2, 3, 7, 7)}], method="px", form="nope"
         )
+
+
+def test_attn_mean_moves_budget_from_attention_to_the_mlp():
+    """attn="mean" (method.md §10.2): the kernel averages over the keys instead of
+    summing them, so the attention branch loses its T-fold weight against the MLP."""
+    model, batches = tiny_vit(), make_batches(1, 4)
+
+    def ratio(attn):
+        s = compute_scores(model, batches, method="px", attn=attn, qk="off", keep_classifier=False)
+        v = float(s["vit.layers.0.attention.v_proj.weight"].double().mean())
+        return v / float(s["vit.layers.0.mlp.fc1.weight"].double().mean())
+
+    assert ratio("mean") < ratio("sum") / 4
+    with pytest.raises(HfPxError, match="attn"):
+        compute_scores(model, batches, method="px", attn="max")

@@ -97,6 +97,7 @@ class _Runner:
                 ctx.cache.store["px_modules"] = found
         _, self.gates, self.norms, self.attn = found
         self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
+        self.state.attn_mean = ctx.options.get("attn", "sum") == "mean"
         # without own-statistics normalisation the aux nets grow like fan-in^depth;
         # rescaling at cuts is exact only then (an RMS norm would undo it per branch)
         own_stats = any(
@@ -387,6 +388,8 @@ def options(ctx: ScoringContext) -> tuple[str, str, str]:
         raise HfPxError(
             f"px option norm={norm_mode!r} is unknown; use one of {', '.join(NORM_MODES)}"
         )
+    if ctx.options.get("attn", "sum") not in ("sum", "mean"):
+        raise HfPxError(f"px option attn={ctx.options['attn']!r} is unknown; use 'sum' or 'mean'")
     qk_mode = ctx.options.get("qk", "tied")
     if qk_mode not in ("tied", "gate", "off"):
         raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
@@ -555,6 +558,7 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
         bn_mode,
         norm_mode,
         qk_mode,
+        ctx.options.get("attn", "sum"),
         tuple(sorted(untouched)),
         tuple(b["pixel_values"].shape for b in batches),
     )
