@@ -8,6 +8,7 @@ from conftest import PixelNet, make_batches, tiny_vit
 from torch import nn
 
 from hf_px import HfPxError, compute_scores, prune
+from hf_px.methods import pxtrained
 
 
 def _net():
@@ -40,8 +41,10 @@ def _brute(model, x, form):
     return {n: acc[n] * params[n].detach().double().pow(2) for n in params}
 
 
-@pytest.mark.parametrize("form", ["paths", "fisher"])
-def test_per_sample_forms_equal_brute_force(form):
+@pytest.mark.parametrize("form,chunk", [("paths", None), ("fisher", None), ("fisher", 40)])
+def test_per_sample_forms_equal_brute_force(form, chunk, monkeypatch):
+    if chunk is not None:  # per-sample gradients formed one or two samples at a time
+        monkeypatch.setattr(pxtrained, "CHUNK_ELEMENTS", chunk)
     model = _net()
     x = torch.randn(5, 3, 7, 7, generator=torch.Generator().manual_seed(1))
     batches = [{"pixel_values": x[:3]}, {"pixel_values": x[3:]}]
