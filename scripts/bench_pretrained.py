@@ -276,7 +276,9 @@ def tables(rows) -> str:
     for (fam_index, screen, models), fr in sorted(groups.items()):
         family = FAMILIES[fam_index]
         if screen:
-            family += f" — prune-only screening, models in {models}"
+            family += " — prune-only screening"
+        if models and Path(models) != tfm.default_root():
+            family += f", models in {models}"
         dense = fr[0]["dense_top1"]
         sps = sorted({r["sparsity"] for r in fr if r["method"] != "dense"})
         methods = sorted(
