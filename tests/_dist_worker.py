@@ -43,6 +43,7 @@ CASES: list[tuple[str, Any, str, dict, int]] = [
     ("snip_vit", tiny_vit, "snip", {}, 1),
     ("grasp_resnet", tiny_resnet, "grasp", {}, 1),
     ("grasp_vit", tiny_vit, "grasp", {}, 1),
+    ("wanda_resnet", tiny_resnet, "wanda", {}, 1),
 ]
 
 

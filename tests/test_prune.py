@@ -14,7 +14,7 @@ from torch import nn
 from hf_px import HfPxError, HfPxFailure, PruningConfig, compute_scores, prune
 from hf_px.masks import keep_counts, select_global, top_k_stable
 
-METHODS = ["px", "snip", "grasp", "synflow", "magnitude", "random"]
+METHODS = ["px", "snip", "grasp", "synflow", "magnitude", "random", "wanda"]
 
 
 def _n_prunable(result):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..errors import HfPxError
-from . import grasp, magnitude, px, random, snip, synflow
+from . import grasp, magnitude, px, random, snip, synflow, wanda
 from .base import Method, RoundCache, ScoringContext
 
 METHODS: dict[str, Method] = {
-    m.METHOD.name: m.METHOD for m in (px, snip, grasp, synflow, magnitude, random)
+    m.METHOD.name: m.METHOD for m in (px, snip, grasp, synflow, magnitude, random, wanda)
 }
 
 

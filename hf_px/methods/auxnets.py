@@ -59,6 +59,9 @@ class AuxState:
     rescale: bool = True
     #: log2 of the factor the current aux pass has divided its signal by so far
     cum_exp: int = 0
+    #: px option attn="mean": the kernel net averages over the attended tokens and the
+    #: data net weights A² by their count (the bound split at 1/√T per hop, method.md §10)
+    attn_mean: bool = False
 
     def cut_scale(self) -> float:
         """The factor every additive constant (bias-path start) takes at this point."""
@@ -96,6 +99,8 @@ def px_attention(module, query, key, value, attention_mask, scaling=None, dropou
         ones = torch.ones(query.shape[-2], key.shape[-2], dtype=value.dtype, device=value.device)
         if mask is not None:  # pairs the mask forbids are not paths
             ones = ones * (mask > -50).to(value.dtype)
+        if state.attn_mean:
+            ones = ones / ones.sum(-1, keepdim=True).clamp_min(1.0)
         out = torch.matmul(ones, value)
     elif state.mode == "record":
         a = _probabilities(query, key, mask, scaling)
@@ -117,7 +122,11 @@ def px_attention(module, query, key, value, attention_mask, scaling=None, dropou
         if state.keep_qk:
             call.leaf = a.clone().requires_grad_(True)
             a = call.leaf
-        out = torch.matmul(a.pow(2), value)
+        a2 = a.pow(2)
+        if state.attn_mean:  # times the number of keys each query may attend to
+            allowed = torch.ones_like(a2) if call.mask is None else (call.mask > -50).to(a2.dtype)
+            a2 = a2 * allowed.expand_as(a2).sum(-1, keepdim=True)
+        out = torch.matmul(a2, value)
     return out.transpose(1, 2).contiguous(), None
 
 

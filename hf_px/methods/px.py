@@ -41,7 +41,7 @@ from torch import nn
 from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
 from ..utils import all_kept, count_kept
-from . import auxnets
+from . import auxnets, pxtrained
 from .auxnets import AuxState
 from .base import (
     Batch,
@@ -97,6 +97,7 @@ class _Runner:
                 ctx.cache.store["px_modules"] = found
         _, self.gates, self.norms, self.attn = found
         self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
+        self.state.attn_mean = ctx.options.get("attn", "sum") == "mean"
         # without own-statistics normalisation the aux nets grow like fan-in^depth;
         # rescaling at cuts is exact only then (an RMS norm would undo it per branch)
         own_stats = any(
@@ -389,6 +390,8 @@ def options(ctx: ScoringContext) -> tuple[str, str, str]:
         raise HfPxError(
             f"px option norm={norm_mode!r} is unknown; use one of {', '.join(NORM_MODES)}"
         )
+    if ctx.options.get("attn", "sum") not in ("sum", "mean"):
+        raise HfPxError(f"px option attn={ctx.options['attn']!r} is unknown; use 'sum' or 'mean'")
     qk_mode = ctx.options.get("qk", "tied")
     if qk_mode not in ("tied", "gate", "off"):
         raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
@@ -409,6 +412,13 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     no cut to rescale at, the scores are taken with own-statistics normalisation
     (:data:`OWN_STATISTICS`) and a warning, once per prune; options the caller set
     explicitly are never replaced (the overflow is then an error)."""
+    form = ctx.options.get("form") or "bound"
+    if form not in pxtrained.FORMS:
+        raise HfPxError(
+            f"px option form={form!r} is unknown; use one of {', '.join(pxtrained.FORMS)}"
+        )
+    if form != "bound":
+        return pxtrained.score(ctx, batches, form)
     cache = ctx.cache
     fallback = cache.store.get("px_fallback") if cache is not None else None
     if fallback:
@@ -550,6 +560,7 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
         bn_mode,
         norm_mode,
         qk_mode,
+        ctx.options.get("attn", "sum"),
         tuple(sorted(untouched)),
         tuple(b["pixel_values"].shape for b in batches),
     )
