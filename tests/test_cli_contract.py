@@ -239,7 +239,9 @@ def test_output_inside_an_input_is_refused_before_loading(tmp_path):
         ["--output-dir", str(src / "pruned")],
         ["--output-dir", str(data / "pruned"), "--dataset", str(data)],
     ):
-        proc = hfpx("prune", str(src), "--sparsity", "0.5", *argv, cwd=tmp_path)
+        proc = hfpx(
+            "prune", str(src), "--sparsity", "0.5", "--method", "magnitude", *argv, cwd=tmp_path
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         (line,) = _error_lines(proc.stderr)
         assert "overlaps" in line and "loading" not in proc.stderr

@@ -186,17 +186,18 @@ def check_output_dir(target: Path, overwrite: bool, inputs: list[Path] = ()) -> 
                 f"output directory {target} is not empty; pass --overwrite to replace it "
                 "or choose another output directory"
             )
-    _probe_writable(resolved.parent)
+    _probe_writable(resolved.parent, target.name)
 
 
-def _probe_writable(parent: Path) -> None:
+def _probe_writable(parent: Path, name: str) -> None:
     """The staging directory goes into `parent` (or its nearest existing ancestor, where
     the missing parents are created): a failure to write there is known before any work."""
     existing = next((p for p in (parent, *parent.parents) if p.exists()), parent)
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, "Not a directory")
-        os.rmdir(tempfile.mkdtemp(prefix=".hf-px-probe-", dir=existing))
+        # named like staging, so that a run killed right here leaves nothing unaccounted for
+        os.rmdir(tempfile.mkdtemp(prefix=_staging_prefix(name, "tmp"), dir=existing))
     except OSError as e:
         raise HfPxFailure(
             f"cannot write in {existing}: {e.strerror or e}; choose a writable --output-dir"

@@ -97,6 +97,7 @@ def run(argv: list[str]) -> int:
 def _run(argv: list[str]) -> int:
     debug = _wants_debug(argv)
     as_json = "--json" in argv  # before parsing: a usage error answers in JSON too
+    output.forget_completed()
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:

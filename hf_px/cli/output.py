@@ -48,7 +48,6 @@ class _BarSafeHandler(logging.StreamHandler):
 def setup(*, quiet: bool, debug: bool) -> None:
     _STATE["quiet"] = quiet or _env_flag("HF_PX_DISABLE_PROGRESS_BARS")
     _STATE["main"] = _is_main_by_env()
-    _STATE["completed"] = {}
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     if not _STATE["main"]:
         level = logging.ERROR if not debug else logging.DEBUG
@@ -111,6 +110,11 @@ def restore_library_bars() -> None:
     while _STATE["restore"]:
         with contextlib.suppress(Exception):
             _STATE["restore"].pop()()
+
+
+def forget_completed() -> None:
+    """A new command starts: nothing of an earlier in-process run is reported."""
+    _STATE["completed"] = {}
 
 
 def completed(**fields: Any) -> None:
