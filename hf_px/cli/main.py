@@ -45,10 +45,12 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def _fail(message: str, code: int, as_json: bool) -> int:
+def _fail(message: str, code: int, as_json: bool, *, interrupted: bool = False) -> int:
     """The error contract: one line on stderr; with ``--json`` one object on stdout."""
     line = _one_line(message)
-    sys.stderr.write(f"{PROG}: error: {line}\n")
+    # an interrupt can land mid-way through drawing a bar: start the error on a line of its own
+    fresh = "\n" if interrupted and output.progress_enabled() else ""
+    sys.stderr.write(f"{fresh}{PROG}: error: {line}\n")
     sys.stderr.flush()
     if as_json and output.is_main():
         obj = {"error": line, "exit_code": code, **output.completed_fields()}
@@ -65,6 +67,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
     raise Terminated()
 
 
@@ -112,8 +115,8 @@ def _run(argv: list[str]) -> int:
         return _fail(str(exc), int(getattr(exc, "exit_code", 2)), as_json)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
-            return _fail("terminated", 128 + signal.SIGTERM, as_json)
-        return _fail("interrupted", 130, as_json)
+            return _fail("terminated", 128 + signal.SIGTERM, as_json, interrupted=True)
+        return _fail("interrupted", 130, as_json, interrupted=True)
     except Exception as exc:  # the CLI's last line of defence: one line, exit 1
         if debug:
             raise
