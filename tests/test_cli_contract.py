@@ -309,23 +309,28 @@ def test_sigterm_cleans_up_like_sigint(tmp_path):
 
 
 def test_leftover_staging_of_a_killed_run_is_removed(tmp_path, caplog):
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs
     stale = [
-        tmp_path / f".out.hf-px-tmp-{dead.pid}-abc123",
-        tmp_path / f".other.hf-px-old-{dead.pid}-0f0f0f0f",
+        tmp_path / f".out.hf-px-tmp-{host}@{dead.pid}-abc123",
+        tmp_path / f".other.hf-px-old-{host}@{dead.pid}-0f0f0f0f",
     ]
-    live = tmp_path / f".out.hf-px-tmp-{os.getpid()}-def456"  # a run still writing
+    live = tmp_path / f".out.hf-px-tmp-{host}@{os.getpid()}-def456"  # a run still writing
+    elsewhere = tmp_path / f".out.hf-px-tmp-another-host@{dead.pid}-x1"  # shared file system
     legacy = tmp_path / ".out.hf-px-tmp-k2j4h5"  # an older hf-px: no pid to check
-    for d in (*stale, live, legacy):
+    for d in (*stale, live, elsewhere, legacy):
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"half")
     model, result = pruned(tiny_resnet)
     with caplog.at_level("WARNING", logger="hf_px"):
         hf_px.save_pruned(model, tmp_path / "out", result, card=False)
     assert not any(d.exists() for d in stale)
-    assert live.exists() and legacy.exists()
-    assert "removed 2 leftover" in caplog.text and legacy.name in caplog.text
+    assert live.exists() and elsewhere.exists() and legacy.exists()
+    assert "removed 2 leftover" in caplog.text
+    assert legacy.name in caplog.text and elsewhere.name in caplog.text
 
 
 # -- rules: a bitmask checkpoint never loads silently wrong without hf-px -------------------------

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -229,13 +230,18 @@ def _new_parents(parent: Path) -> Iterator[None]:
         raise
 
 
-_STAGING = re.compile(r"^\.(?P<name>.+)\.hf-px-(?:tmp|old)-(?P<pid>\d+)-[^-]+$")
-_LEGACY_STAGING = re.compile(r"^\..+\.hf-px-(?:tmp|old)-[^-]+$")
+_STAGING = re.compile(r"^\..+\.hf-px-(?:tmp|old)-(?P<host>[^@/]+)@(?P<pid>\d+)-[^-]+$")
+_LEGACY_STAGING = re.compile(r"^\..+\.hf-px-(?:tmp|old)-[^-@]+$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 
 
 def _staging_prefix(name: str, kind: str) -> str:
-    """``.<name>.hf-px-<kind>-<pid>-``: the pid tells a later run whether the writer lives."""
-    return f".{name}.hf-px-{kind}-{os.getpid()}-"
+    """``.<name>.hf-px-<kind>-<host>@<pid>-``: whether the writer still runs can be told on
+    its own host only (the folder may be on a shared file system)."""
+    return f".{name}.hf-px-{kind}-{_host()}@{os.getpid()}-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -249,19 +255,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_staging(parent: Path) -> list[Path]:
-    """Remove the staging directories that a killed hf-px run left in `parent` (their
-    writer's pid no longer runs); report those of older versions, which carry no pid."""
+    """Remove the staging directories that a killed hf-px run on this host left in `parent`
+    (their writer's pid no longer runs); report those whose writer cannot be checked here
+    (another host, or an older hf-px that recorded no pid)."""
     removed, unknown = [], []
     try:
-        entries = list(parent.iterdir())
+        entries = [e for e in parent.iterdir() if e.is_dir()]
     except OSError:
         return removed
     for entry in entries:
         match = _STAGING.match(entry.name)
-        if match and entry.is_dir() and not _pid_alive(int(match["pid"])):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-        elif not match and _LEGACY_STAGING.match(entry.name) and entry.is_dir():
+        if match and match["host"] == _host():
+            if not _pid_alive(int(match["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        elif match or _LEGACY_STAGING.match(entry.name):
             unknown.append(entry.name)
     if removed:
         logger.warning(
@@ -272,8 +280,8 @@ def clean_stale_staging(parent: Path) -> list[Path]:
         )
     if unknown:
         logger.warning(
-            "found staging directories of an older hf-px in %s (%s); delete them if no hf-px "
-            "run is writing there",
+            "found staging directories in %s that this run cannot tell are abandoned (%s); "
+            "delete them if no hf-px run is writing there",
             parent,
             ", ".join(sorted(unknown)),
         )
