@@ -19,7 +19,7 @@ from torch import nn
 
 from .calibration import load_image_processor
 from .errors import HfPxError
-from .utils import first_line, not_found_hint
+from .utils import check_weight_files, first_line, not_found_hint, read_checkpoint_json
 
 
 def load_model(
@@ -48,11 +48,20 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    local = Path(name).expanduser()
+    if local.is_dir():
+        check_weight_files(local)
     try:
         # no request to the Hub's safetensors-conversion bot on our users' behalf
         with _env("DISABLE_SAFETENSORS_CONVERSION", "1"):
             model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
-    except OSError as e:
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError":  # a damaged download from the Hub
+            raise HfPxError(
+                f"a weight file of {name} is corrupt ({first_line(e)}); download it again"
+            ) from None
+        if not isinstance(e, OSError):
+            raise
         if not allow_pickle and _has_pickle_weights(name, str(e)):
             raise HfPxError(
                 f"{name} has no safetensors weights, only pickle (.bin) ones, which can run "
@@ -69,6 +78,8 @@ def _load_config(name: str, trust_remote_code: bool) -> Any:
     local = Path(name).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
         raise HfPxError(f"{name} is not a model directory (no config.json)")
+    if local.is_dir():  # a damaged config is named as such, not as missing
+        read_checkpoint_json(local / "config.json")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError:

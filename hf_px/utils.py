@@ -34,17 +34,27 @@ def read_json_dict(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_checkpoint_json(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's JSON file: None when absent, a one-line error when corrupt."""
+def corrupt_file(path: Path, why: str):
+    """The one-line error for a checkpoint file that exists but cannot be read (not for a
+    missing one: the fix differs)."""
     from .errors import HfPxError
 
+    path = Path(path)
+    return HfPxError(
+        f"{path.name} in {path.parent.name or path.parent} is corrupt ({why}); "
+        "save or download the checkpoint again"
+    )
+
+
+def read_checkpoint_json(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's JSON file: None when absent, a one-line error when corrupt."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise HfPxError(f"{path.name} is not valid JSON; re-save the checkpoint") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise corrupt_file(path, f"not valid JSON: {first_line(e)}") from None
 
 
 def weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
@@ -53,11 +63,30 @@ def weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
     directory = Path(directory)
     index_path = directory / SAFE_INDEX_NAME
     if index_path.is_file():
-        index = json.loads(index_path.read_text())
+        index = read_checkpoint_json(index_path)
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise corrupt_file(index_path, "no weight_map")
         return sorted(set(index["weight_map"].values())), index
     if (directory / SAFE_WEIGHTS_NAME).is_file():
         return [SAFE_WEIGHTS_NAME], None
     return [], None
+
+
+def check_weight_files(directory: Path) -> None:
+    """Each safetensors file of a local checkpoint has a readable header that covers the
+    file (safetensors checks both on open): a truncated or damaged file is named."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    for name in weight_files(directory)[0]:
+        path = directory / name
+        if not path.is_file():
+            continue  # missing: the loader names it
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError, or OSError from a short read
+            raise corrupt_file(path, f"safetensors: {first_line(e)}") from None
 
 
 def not_found_hint(online_hint: str) -> str:

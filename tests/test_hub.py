@@ -381,3 +381,40 @@ save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[2
     assert weights.keys() == state.keys()
     for name, tensor in state.items():
         assert torch.equal(weights[name], tensor), name
+
+
+def test_push_over_an_existing_repo_leaves_only_the_new_checkpoint(hub, tmp_path):
+    """A single-file 90% checkpoint, then a sharded 50% one, to the same repo: the repo holds
+    the 50% files only (the old weights deleted in the same commit) and loads as 50%."""
+    model90, result90 = pruned(tiny_vit, 0.9)
+    model50, result50 = pruned(tiny_vit, 0.5)
+    first = hf_px.save_pruned(model90, tmp_path / "px90", result90)
+    second = hf_px.save_pruned(model50, tmp_path / "px50", result50, max_shard_size="20KB")
+    assert (first / "model.safetensors").is_file() and not (second / "model.safetensors").exists()
+    repo_id = f"{USER}/re-pushed"
+    for folder in (first, second):
+        proc = _push_cli(hub.url, tmp_path, folder, repo_id)
+        assert proc.returncode == 0, proc.stderr
+
+    repo = hub.state.repos[repo_id]
+    head = repo.resolve("main")
+    assert set(head.files) == set(_digest(second)) | {".gitattributes"}
+    assert repo.commits[repo.commits[head.parent].parent].message == "initial commit"
+
+    load = """
+import sys
+from safetensors.torch import save_file
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1])
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[2])
+"""
+    loaded = tmp_path / "loaded.safetensors"
+    proc = _run(
+        load, repo_id, str(loaded), hub_url=hub.url, home=tmp_path / "fresh", token=None,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = load_file(loaded)
+    for name, tensor in model50.state_dict().items():
+        assert torch.equal(weights[name], tensor), name

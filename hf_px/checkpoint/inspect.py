@@ -8,14 +8,13 @@ tensors: the elements not stored, which are exactly +0.0).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
-from ..utils import read_checkpoint_json, weight_files
+from ..utils import check_weight_files, read_checkpoint_json, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
 
@@ -36,10 +35,11 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     root = Path(path).expanduser()
     if not (root / "config.json").is_file():
         raise HfPxError(f"{path} is not a saved model directory (no config.json)")
-    config = json.loads((root / "config.json").read_text())
+    config = read_checkpoint_json(root / "config.json") or {}
     qc = config.get("quantization_config") or {}
     fmt = "bitmask" if qc.get("quant_method") == QUANT_METHOD else "dense"
     files = _weight_files(root)
+    check_weight_files(root)
     tensors: dict[str, dict[str, Any]] = {}
     for fname in files:
         with safe_open(str(root / fname), framework="pt") as f:

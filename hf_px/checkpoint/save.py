@@ -27,14 +27,18 @@ checkpoint.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import getpass
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -166,13 +170,14 @@ def _input_dirs(model: nn.Module, source: dict[str, Any] | None) -> list[Path]:
 
 
 def check_output_dir(target: Path, overwrite: bool, inputs: list[Path] = ()) -> None:
-    """Refuse a target that overlaps an input, is a file, or is not empty without `overwrite`."""
+    """Refuse a target that overlaps an input, is a file, is not empty without `overwrite`,
+    or cannot be written (probed by creating and removing a directory beside it)."""
     resolved = target.resolve()
     for d in inputs:
         if resolved == d or d in resolved.parents or resolved in d.parents:
             raise HfPxError(
-                f"output directory {target} overlaps the input model directory; "
-                "choose another --output (the input is never modified)"
+                f"output directory {target} overlaps the input directory {d.name}; "
+                "choose another --output-dir (an input is never modified)"
             )
     if target.exists() or target.is_symlink():
         if not target.is_dir():
@@ -182,6 +187,22 @@ def check_output_dir(target: Path, overwrite: bool, inputs: list[Path] = ()) -> 
                 f"output directory {target} is not empty; pass --overwrite to replace it "
                 "or choose another output directory"
             )
+    _probe_writable(resolved.parent, target.name)
+
+
+def _probe_writable(parent: Path, name: str) -> None:
+    """The staging directory goes into `parent` (or its nearest existing ancestor, where
+    the missing parents are created): a failure to write there is known before any work."""
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        # named like staging, so that a run killed right here leaves nothing unaccounted for
+        os.rmdir(tempfile.mkdtemp(prefix=_staging_prefix(name, "tmp"), dir=existing))
+    except OSError as e:
+        raise HfPxFailure(
+            f"cannot write in {existing}: {e.strerror or e}; choose a writable --output-dir"
+        ) from None
 
 
 # ---------------------------------------------------------------- atomic write
@@ -199,7 +220,7 @@ def _new_parents(parent: Path) -> Iterator[None]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise HfPxFailure(
-            f"cannot create {parent}: {e.strerror}; choose a writable --output"
+            f"cannot create {parent}: {e.strerror}; choose a writable --output-dir"
         ) from None
     try:
         yield
@@ -209,47 +230,134 @@ def _new_parents(parent: Path) -> Iterator[None]:
         raise
 
 
+_STAGING = re.compile(r"^\..+\.hf-px-(?:tmp|old)-(?P<host>[^@/]+)@(?P<pid>\d+)-[^-]+$")
+_LEGACY_STAGING = re.compile(r"^\..+\.hf-px-(?:tmp|old)-[^-@]+$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def _staging_prefix(name: str, kind: str) -> str:
+    """``.<name>.hf-px-<kind>-<host>@<pid>-``: whether the writer still runs can be told on
+    its own host only (the folder may be on a shared file system)."""
+    return f".{name}.hf-px-{kind}-{_host()}@{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging directories that a killed hf-px run on this host left in `parent`
+    (their writer's pid no longer runs); report those whose writer cannot be checked here
+    (another host, or an older hf-px that recorded no pid)."""
+    removed, unknown = [], []
+    try:
+        entries = [e for e in parent.iterdir() if e.is_dir()]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match and match["host"] == _host():
+            if not _pid_alive(int(match["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        elif match or _LEGACY_STAGING.match(entry.name):
+            unknown.append(entry.name)
+    if removed:
+        logger.warning(
+            "removed %d leftover staging director%s of an interrupted hf-px run in %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            parent,
+        )
+    if unknown:
+        logger.warning(
+            "found staging directories in %s that this run cannot tell are abandoned (%s); "
+            "delete them if no hf-px run is writing there",
+            parent,
+            ", ".join(sorted(unknown)),
+        )
+    return removed
+
+
 @contextmanager
 def _staging(parent: Path, name: str) -> Iterator[Path]:
+    clean_stale_staging(parent)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.hf-px-tmp-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(name, "tmp"), dir=parent))
     except OSError as e:
         raise HfPxFailure(
-            f"cannot write in {parent}: {e.strerror}; choose a writable --output"
+            f"cannot write in {parent}: {e.strerror}; choose a writable --output-dir"
         ) from None
     try:
         yield tmp
     except OSError as e:
         raise HfPxFailure(
             f"writing the checkpoint failed ({e.strerror or e}); nothing was written, "
-            "free disk space or choose another --output"
+            "free disk space or choose another --output-dir"
         ) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the staged checkpoint to `target`: at every instant the path holds either the
+    old complete checkpoint or the new one (an empty directory is replaced by rename)."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
-        target.rmdir()
-    if target.exists() or target.is_symlink():
-        if not overwrite:  # raced: someone filled it meanwhile
-            raise HfPxError(
-                f"output directory {target} is not empty; pass --overwrite to replace it"
-            )
-        old = target.parent / f".{target.name}.hf-px-old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
         try:
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # POSIX rename replaces an empty directory in one step
+            return
         except OSError:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+            target.rmdir()  # Windows: rename cannot replace a directory
+    if not (target.exists() or target.is_symlink()):
         os.replace(tmp, target)
+        return
+    if not overwrite:  # raced: someone filled it meanwhile
+        raise HfPxError(f"output directory {target} is not empty; pass --overwrite to replace it")
+    if target.is_dir() and not target.is_symlink() and _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
+        return
+    # no atomic swap here: the path is empty between the two renames
+    old = Path(tempfile.mkdtemp(prefix=_staging_prefix(target.name, "old"), dir=target.parent))
+    os.replace(target, old / "checkpoint")
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(old / "checkpoint", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- bitmask format
@@ -325,25 +433,46 @@ def _scrub_paths(value: Any) -> Any:
     return value
 
 
+# a URL names a path on a server, not on this machine (file:// URLs excepted)
+_URL = re.compile(r"(?<![\w.+-])(?!file:)[A-Za-z][\w+.-]*://[^\s\"'<>()\[\]`]*")
+_PATH_START = r"(?<![\w.\-/\\~])"  # a path begins a token: not inside an id, URL or name
+_NAME_END = r"(?![\w.\-])"  # ... and a name ends where the next component would begin
+
+
+def _local_path_leak(text: str, paths: set[str], user: str) -> str | None:
+    """The local path or user name `text` names as a path, or None.
+
+    The user name counts as a path component (``/data/alice/…``, ``C:\\Users\\alice``,
+    ``~alice``), never as a Hub namespace (``alice/model``, ``huggingface.co/alice/…``).
+    """
+    text = _URL.sub(" ", text)
+    for p in sorted(paths, key=len, reverse=True):
+        if re.search(_PATH_START + re.escape(p) + _NAME_END, text):
+            return p
+    if user:
+        component = rf"(?:(?:[A-Za-z]:)?[/\\](?:[^\s\"'`<>|]*?[/\\])?|~){re.escape(user)}"
+        if re.search(_PATH_START + component + _NAME_END, text):
+            return user
+    return None
+
+
 def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
     """No written text file may name a local directory or the user."""
     needles = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
     needles.add(str(Path.home()))
+    # short strings ("/a") would match ordinary text ("n/a")
+    needles = {n for n in needles if len(n) >= 4}
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = ""
-    if len(user) >= 3:
-        needles |= {f"/{user}/", f"\\{user}\\"}
-    # short strings ("/a") would match ordinary text ("n/a")
-    needles = {n for n in needles if len(n) >= 4}
+    user = user if len(user) >= 3 else ""
     for f in sorted(directory.rglob("*")):
         if not f.is_file() or f.suffix not in _TEXT_SUFFIXES:
             continue
-        text = f.read_text(errors="replace")
-        for n in needles:
-            if n in text:
-                raise HfPxFailure(
-                    f"{f.name} would contain a local path or user name ({n!r}); nothing was "
-                    "written — pass Hub ids or relative names instead of local paths"
-                )
+        found = _local_path_leak(f.read_text(errors="replace"), needles, user)
+        if found is not None:
+            raise HfPxFailure(
+                f"{f.name} would contain a local path or user name ({found!r}); nothing was "
+                "written — pass Hub ids or relative names instead of local paths"
+            )

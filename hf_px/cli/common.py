@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
-from ..checkpoint import save_pruned
-from ..hub import push_to_hub
+from ..checkpoint import check_output_dir, save_pruned
+from ..hub import check_push_target, push_to_hub
 from . import output
+from .resolve import resolve, size_on_disk
 
 logger = logging.getLogger(__name__)
 
@@ -21,17 +23,31 @@ def report(
     compute: Callable[[Any], dict[str, Any] | None],
     print_summary: Callable[[dict[str, Any]], None],
 ) -> int:
-    """Run a command's `compute`; the main process prints its summary, as one JSON object
-    with ``--json`` (everything else then goes to stderr), else as text."""
-    with output.stdout_to_stderr(args.json) as stdout:
+    """Run a command's `compute` (whatever it prints goes to stderr); the main process
+    prints its summary on stdout, as one JSON object with ``--json``, else as text."""
+    with output.stdout_to_stderr():
         summary = compute(args)
-        if summary is None:  # not the main process
-            return 0
-        if args.json:
-            output.emit_json(summary, stdout)
-        else:
-            print_summary(summary)
+    if summary is None:  # not the main process
+        return 0
+    if args.json:
+        output.emit_json(summary, sys.stdout)
+    else:
+        print_summary(summary)
     return 0
+
+
+def check_destination(args: Any, out_dir: Path, inputs: list[str | None]) -> None:
+    """What saving and pushing need, checked before any work: the output directory free,
+    writable and outside every local input (model, data); the push target valid and
+    reachable in principle (``--push-to-hub``: id, not offline, a token)."""
+    dirs = []
+    for ref in inputs:
+        path = Path(resolve(ref)).expanduser() if ref else None
+        if path is not None and path.is_dir():
+            dirs.append(path.resolve())
+    check_output_dir(out_dir, args.overwrite, dirs)
+    if getattr(args, "push_to_hub", None):
+        check_push_target(args.push_to_hub)
 
 
 def save_and_push(
@@ -55,6 +71,13 @@ def save_and_push(
             overwrite=args.overwrite,
             **card,
         )
+    # a failed push still reports (and keeps) the checkpoint written
+    output.completed(
+        output_dir=str(out_dir),
+        format=args.format,
+        size_on_disk_bytes=size_on_disk(out_dir),
+        pushed_to=None,
+    )
     url = None
     if args.push_to_hub:
         with output.phase(f"uploading to {args.push_to_hub}", timings, "push_s"):
@@ -150,6 +173,7 @@ def error_if(condition: bool, message: str) -> None:
 __all__ = [
     "EvalData",
     "accelerator",
+    "check_destination",
     "data_processor",
     "error_if",
     "eval_data",

@@ -81,12 +81,12 @@ def collect() -> dict[str, Any]:
 
 
 def run_env(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
+    with output.stdout_to_stderr():
         info = collect()
-        if args.json:
-            output.emit_json(info, stdout)
-        else:
-            _print(info)
+    if args.json:
+        output.emit_json(info, sys.stdout)
+    else:
+        _print(info)
     return 0
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
-from ..checkpoint import check_output_dir
 from ..training import OPTIMIZERS
 from ..utils import read_json_dict
 from . import common, output, parsing
@@ -183,7 +182,7 @@ def _check_args(args: argparse.Namespace, src: Path) -> Path:
         "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
     )
     out_dir = Path(args.output_dir) if args.output_dir else src.with_name(src.name + "-ft")
-    check_output_dir(out_dir, args.overwrite)
+    common.check_destination(args, out_dir, [args.model, args.dataset, args.eval_dataset])
     common.resolve_splits(args, with_eval=bool(args.eval_dataset or args.eval_split))
     return out_dir
 

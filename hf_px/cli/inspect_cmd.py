@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,12 @@ def _local_dir(reference: str) -> Path:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    with output.stdout_to_stderr(args.json) as stdout:
+    with output.stdout_to_stderr():
         info = inspect_checkpoint(_local_dir(args.model))
-        if args.json:
-            output.emit_json({"model": args.model, **info}, stdout)
-        else:
-            _print(args.model, info)
+    if args.json:
+        output.emit_json({"model": args.model, **info}, sys.stdout)
+    else:
+        _print(args.model, info)
     return 0
 
 

@@ -3,13 +3,17 @@
 * Logs and progress bars go to stderr, on the main process only; ``--quiet``
   (or ``HF_PX_DISABLE_PROGRESS_BARS=1``) silences the bars and info logs, also
   those of transformers, datasets and huggingface_hub.
-* ``--json``: stdout carries exactly one JSON object. Anything a library would
-  print on stdout meanwhile is sent to stderr (:func:`stdout_to_stderr`).
+* stdout carries the result only: one JSON object with ``--json`` (also for an error:
+  ``{"error", "exit_code"}`` plus what did complete, :func:`completed`), else the
+  summary. Anything a library prints while a command runs goes to stderr
+  (:func:`stdout_to_stderr`), e.g. Trainer's log dicts.
+* A log line never shares a line with a bar: tqdm clears its bars before it is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -19,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-_STATE = {"quiet": False, "main": True}
+_STATE: dict[str, Any] = {"quiet": False, "main": True, "completed": {}, "restore": []}
 
 
 def _env_flag(name: str) -> bool:
@@ -31,22 +35,30 @@ def _is_main_by_env() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("", "0")
 
 
+class _BarSafeHandler(logging.StreamHandler):
+    """Writes each record with tqdm's bars cleared first and redrawn after."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def setup(*, quiet: bool, debug: bool) -> None:
     _STATE["quiet"] = quiet or _env_flag("HF_PX_DISABLE_PROGRESS_BARS")
     _STATE["main"] = _is_main_by_env()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     if not _STATE["main"]:
         level = logging.ERROR if not debug else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarSafeHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     log = logging.getLogger("hf_px")
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
     if not progress_enabled():
-        # before the libraries are imported, so their own bars obey too
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        silence_library_bars()
     if quiet or not _STATE["main"]:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DATASETS_VERBOSITY", "error")
@@ -69,20 +81,49 @@ def progress_enabled() -> bool:
 
 
 def silence_library_bars() -> None:
-    """Turn off transformers'/datasets'/hub's own bars (already imported)."""
+    """Turn off the bars of transformers, datasets and huggingface_hub: by their switches
+    when imported (each reads its environment once, at import), else by that environment."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    with contextlib.suppress(Exception):
-        import huggingface_hub.utils as hub_utils
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    switches = {
+        "huggingface_hub": ("huggingface_hub.utils", "progress_bars"),
+        "transformers": ("transformers.utils.logging", "progress_bar"),
+        "datasets": ("datasets.utils.tqdm", "progress_bars"),
+    }
+    for package, (module_name, what) in switches.items():
+        if package not in sys.modules:
+            continue
+        with contextlib.suppress(Exception):
+            module = importlib.import_module(module_name)
+            enabled = (
+                not module.are_progress_bars_disabled()
+                if hasattr(module, "are_progress_bars_disabled")
+                else module.is_progress_bar_enabled()
+            )
+            getattr(module, f"disable_{what}")()
+            if enabled:  # run() turns them back on for the next caller in this process
+                _STATE["restore"].append(getattr(module, f"enable_{what}"))
 
-        hub_utils.disable_progress_bars()
-    with contextlib.suppress(Exception):
-        import transformers
 
-        transformers.utils.logging.disable_progress_bar()
-    with contextlib.suppress(Exception):
-        import datasets
+def restore_library_bars() -> None:
+    """Undo :func:`silence_library_bars` (called when an in-process run returns)."""
+    while _STATE["restore"]:
+        with contextlib.suppress(Exception):
+            _STATE["restore"].pop()()
 
-        datasets.disable_progress_bars()
+
+def forget_completed() -> None:
+    """A new command starts: nothing of an earlier in-process run is reported."""
+    _STATE["completed"] = {}
+
+
+def completed(**fields: Any) -> None:
+    """Record what a command has finished: an error's JSON object carries it."""
+    _STATE["completed"].update(fields)
+
+
+def completed_fields() -> dict[str, Any]:
+    return dict(_STATE["completed"])
 
 
 #: a bar whose remaining time comes from the caller's postfix (``eta=``), not tqdm's rate
@@ -126,12 +167,9 @@ def phase(desc: str, timings: dict[str, float], key: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stdout_to_stderr(enabled: bool) -> Iterator[Any]:
-    """While a ``--json`` command runs, whatever is printed goes to stderr."""
+def stdout_to_stderr() -> Iterator[Any]:
+    """While a command runs, whatever is printed goes to stderr; yields the real stdout."""
     real = sys.stdout
-    if not enabled:
-        yield real
-        return
     with contextlib.redirect_stdout(sys.stderr):
         yield real
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
-from ..checkpoint import check_output_dir
 from ..config import SCOPES
 from ..methods import METHODS, px
 from ..pruning import check_request
@@ -61,7 +60,7 @@ def _check_args(args: argparse.Namespace) -> Path:
     out_dir = (
         Path(args.output_dir) if args.output_dir else default_output_dir(args.model, args.sparsity)
     )
-    check_output_dir(out_dir, args.overwrite)
+    common.check_destination(args, out_dir, [args.model, args.dataset, args.eval_dataset])
     common.resolve_splits(args, with_eval=args.eval)  # a missing split: before loading
     _refuse_unsupported(args.model)
     return out_dir
@@ -125,6 +124,15 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
     result = _run_pruning(model, batches, args, acc)
     timings.update({k: round(v, 3) for k, v in result.timings.items()})
+    output.completed(
+        model=args.model,
+        method=result.config.method,
+        requested_sparsity=args.sparsity,
+        sparsity=result.sparsity,
+        num_prunable=result.num_prunable,
+        num_pruned=result.num_pruned,
+        timings=timings,
+    )
     if args.recalibrate_bn:
         from .. import recalibrate_batchnorm
 
@@ -137,6 +145,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
         evaluation = _evaluation(eval_ref, data, dense, pruned)
+        output.completed(evaluation=evaluation)
 
     url = None
     if acc.is_main_process:

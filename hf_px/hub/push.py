@@ -1,7 +1,8 @@
 """Share a written checkpoint folder on the Hugging Face Hub.
 
 One call to :func:`push_to_hub` = ``create_repo(exist_ok=True)`` (+ the branch
-when ``revision`` names one) + ``upload_folder`` in one commit. The token comes
+when ``revision`` names one) + ``upload_folder`` in one commit, which also deletes the
+weight files (and hf-px records) of an earlier checkpoint that the new one lacks. The token comes
 from the ``token`` argument, else ``HF_TOKEN``, else the login cache — resolved
 by ``huggingface_hub`` itself; this module never writes, logs or prints it.
 
@@ -26,10 +27,27 @@ from typing import Any
 from ..card import retarget_card
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError, HfPxFailure
-from ..utils import read_json_dict
+from ..utils import hub_offline, read_json_dict
 
 logger = logging.getLogger(__name__)
 
+# files of an earlier checkpoint that a push over it deletes when the new one lacks them:
+# every weight format from_pretrained may pick, and hf-px's own records (other files stay)
+STALE_PATTERNS = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.gguf",
+    CONFIG_NAME,
+    REPORT_NAME,
+)
 _LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
 
 
@@ -50,16 +68,14 @@ def push_to_hub(
     ``create_pr`` opens a pull request against ``main`` instead of committing to it.
     """
     folder = _check_folder(folder)
-    _check_repo_id(repo_id)
     if create_pr and revision not in (None, "main"):
         raise HfPxError(
             "--create-pr opens a pull request against main; drop --revision or --create-pr"
         )
+    check_push_target(repo_id, token=token)
 
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
-    if token is None and get_token() is None:
-        raise HfPxFailure(f"no Hugging Face token found; {_LOGIN_HINT}")
     api = HfApi(token=token)
     summary, description = _commit_text(folder)
     message = commit_message or summary
@@ -77,6 +93,8 @@ def push_to_hub(
                     commit_description=description,
                     revision=revision,
                     create_pr=create_pr,
+                    # in the same commit: weights the new checkpoint lacks would load instead
+                    delete_patterns=list(STALE_PATTERNS),
                 )
     except Exception as exc:  # mapped to one line below; anything unknown re-raised
         failure = _as_failure(exc, repo_id, api.endpoint)
@@ -137,7 +155,10 @@ def _check_folder(folder: str | Path) -> Path:
     return path
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_push_target(repo_id: str, *, token: str | None = None) -> None:
+    """What a push needs that is knowable before any work: a valid repo id, the Hub
+    reachable in principle (not offline) and a token. Makes no request."""
+    from huggingface_hub import get_token
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -147,6 +168,10 @@ def _check_repo_id(repo_id: str) -> None:
         raise HfPxError(
             f"invalid repo id {repo_id!r}; use NAMESPACE/NAME, e.g. my-user/vit-base-px90"
         ) from None
+    if hub_offline():
+        raise HfPxError(f"cannot push to {repo_id} while HF_HUB_OFFLINE is set; unset it")
+    if token is None and get_token() is None:
+        raise HfPxFailure(f"no Hugging Face token found; {_LOGIN_HINT}")
 
 
 def _commit_text(folder: Path) -> tuple[str, str]:
