@@ -313,3 +313,24 @@ def test_cost_model_counts_attention_matmuls():
     tokens, dim = 17, 32
     assert cost.macs() == linear + 2 * 2 * tokens * tokens * dim  # two layers, QKᵀ and PV
     assert hf_px.__version__
+
+
+def test_cli_prune_structured(tmp_path, capsys):
+    """`hf-px prune-structured` on a local model directory: JSON summary, a loadable
+    smaller checkpoint, one-line errors for bad input."""
+    from hf_px.cli.main import run
+
+    src = tmp_path / "src"
+    build("convnext").save_pretrained(src)
+    out = tmp_path / "out"
+    argv = ["prune-structured", str(src), "--remove", "0.3", "--method", "l1"]
+    code = run([*argv, "--output-dir", str(out), "--json", "--quiet", "--no-latency"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layout"] == "hf_px_structured" and summary["removed"]["macs"] >= 0.3
+    loaded = t.AutoModelForImageClassification.from_pretrained(out)
+    assert sum(p.numel() for p in loaded.parameters()) == summary["params"]["after"]
+    assert run([*argv, "--output-dir", str(out), "--structure", "heads", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code = run([*argv, "--output-dir", str(tmp_path / "o2"), "--structure", "heads", "--quiet"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err

@@ -18,10 +18,17 @@ import sys
 
 from .. import __version__
 from ..errors import HfPxError
-from . import evaluate, finetune, inspect_cmd, parsing, prune, push
+from . import evaluate, finetune, inspect_cmd, parsing, prune, push, structured
 from .parsing import PROG
 
-COMMANDS = (prune, inspect_cmd, evaluate, finetune, push)  # the order `--help` lists them
+COMMANDS = (
+    prune,
+    structured,
+    inspect_cmd,
+    evaluate,
+    finetune,
+    push,
+)  # the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
