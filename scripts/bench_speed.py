@@ -154,7 +154,8 @@ def main(argv=None) -> int:
                     f"speedup_b{a.batch}": round(m_tp / base_tp, 3),
                 }
             )
-        print(f"{name}: timed", file=sys.stderr, flush=True)
+        rows = [r for r in out["results"] if r["model"] == name]
+        print(f"{name}: timed {json.dumps(rows)}", file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
     return 0
 

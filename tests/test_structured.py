@@ -92,7 +92,7 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_shrunk_model_computes_the_masked_function(kind, method):
     model = build(kind)
     data = batches()
-    result = prune_structured(model, data, REMOVE[kind], method=method, rounds=2)
+    result = prune_structured(model, data, REMOVE[kind], method=method, rounds=1)
     x = data[0]["pixel_values"]
     masked = logits(model, x)
     shrink(model, result.groups, result.kept)
@@ -245,7 +245,7 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     x = batches()[0]["pixel_values"]
     # uniform ViT: expressible in its config → a plain transformers checkpoint
     vit = build("vit")
-    res = prune_structured(vit, batches(), 0.3, method="px", rounds=2, uniform=True)
+    res = prune_structured(vit, batches(), 0.3, method="px", rounds=1, uniform=True)
     want = logits(vit, x)
     processor = t.ViTImageProcessor(size={"height": 32, "width": 32})
     plain = save_structured(vit, tmp_path / "plain", res, image_processor=processor)
@@ -258,7 +258,7 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     assert vit.config.intermediate_size == 64  # the caller's config is left alone
     # ResNet internal widths: never in its config → the hook layout
     resnet = build("resnet")
-    res_r = prune_structured(resnet, batches(), 0.1, method="px", rounds=2)
+    res_r = prune_structured(resnet, batches(), 0.1, method="px", rounds=1)
     want_r = logits(resnet, x)
     hooked = save_structured(resnet, tmp_path / "hooked", res_r)
     assert (
@@ -291,11 +291,11 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     assert "hf_px_structured_checkpoint" in proc.stdout + proc.stderr  # the marker's hint
 
 
-@pytest.mark.parametrize("kind", ["convnext", "vit"])
+@pytest.mark.parametrize("kind", ["convnext", "vit", "deit"])
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
     data = batches()
-    res = prune_structured(model, data, 0.4, method="px", rounds=2)
+    res = prune_structured(model, data, 0.4, method="px", rounds=1)
     counts = res.counts()
     assert len(set(counts.values())) > 1  # widths differ per layer: not config-expressible
     want = logits(model, data[0]["pixel_values"])
@@ -304,6 +304,20 @@ def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
     torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
     assert sum(p.numel() for p in loaded.parameters()) == res.params[1]
+
+
+def test_uniform_deit_is_a_plain_checkpoint(tmp_path):
+    model = build("deit")
+    data = batches()
+    res = prune_structured(model, data, 0.4, method="l1")
+    want = logits(model, data[0]["pixel_values"])
+    out = save_structured(model, tmp_path / "deit", res)
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["head_dim"] == 8
+    assert cfg["num_attention_heads"] < 4 and cfg["intermediate_size"] < 64
+    loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+    assert not getattr(loaded, "is_quantized", False)
+    torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
 
 
 def test_cost_model_counts_attention_matmuls():
