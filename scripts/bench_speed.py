@@ -10,7 +10,11 @@ fraction and shrunk (`hf_px.structured.shrink`); the logits of the shrunk model 
 checked against the masked one. Then, per run, every variant (dense first) is timed
 in turn — batch-1 latency (``--b1-calls`` forwards, their mean) and batch-32
 throughput (one forward) — so dense and pruned see the same machine load; the
-figures are medians over ``--runs`` runs after one warm-up run. ``--method random``
+figures are medians over ``--runs`` runs after one warm-up run. Wall time and
+process CPU time are both reported: on a shared, oversubscribed machine the CPU time
+(at one thread: the work the forward did) is the steadier of the two, and wall time
+at two threads can be dominated by OpenMP threads waiting for a preempted sibling
+(docs/structured.md). ``--method random``
 (the default) removes the same fraction of every group, the shapes an `l1` or
 ``uniform`` prune gives; ``--method px`` (with ``--rounds``) scores on random
 calibration images. Prints one JSON object.
@@ -63,11 +67,12 @@ def tiny(name: str):
 
 
 @torch.no_grad()
-def timed(model, x, calls: int) -> float:
-    t0 = time.perf_counter()
+def timed(model, x, calls: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per forward, mean of `calls`."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(calls):
         model(pixel_values=x)
-    return (time.perf_counter() - t0) / calls
+    return (time.perf_counter() - t0) / calls, (time.process_time() - c0) / calls
 
 
 def main(argv=None) -> int:
@@ -129,29 +134,37 @@ def main(argv=None) -> int:
             variants.append((f"remove {remove}", remove, model, info))
             dense_info = {"macs": res.macs[0], "params": res.params[0]}
         print(f"{name}: {len(variants)} variants built", file=sys.stderr, flush=True)
+        # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
         b1 = {v[0]: [] for v in variants}
-        tp = {v[0]: [] for v in variants}
+        bb = {v[0]: [] for v in variants}
         for run in range(runs + 1):  # run 0 is the warm-up
             for label, _, model, _ in variants:
-                lat = timed(model, x1, a.b1_calls)
-                thr = a.batch / timed(model, xb, 1)
+                one = timed(model, x1, a.b1_calls)
+                big = timed(model, xb, 1)
                 if run:
-                    b1[label].append(lat)
-                    tp[label].append(thr)
-        base_b1 = statistics.median(b1["dense"])
-        base_tp = statistics.median(tp["dense"])
+                    b1[label].append(one)
+                    bb[label].append(big)
+
+        def med(values, i):
+            return statistics.median(v[i] for v in values)
+
+        base = {k: (med(b1["dense"], k), med(bb["dense"], k)) for k in (0, 1)}
         for label, remove, _, info in variants:
-            m_b1, m_tp = statistics.median(b1[label]), statistics.median(tp[label])
+            w1, wb = med(b1[label], 0), med(bb[label], 0)
+            c1, cb = med(b1[label], 1), med(bb[label], 1)
             out["results"].append(
                 {
                     "model": name,
                     "variant": label,
                     "remove": remove,
                     **(info or dense_info),
-                    "latency_b1_ms": round(1000 * m_b1, 3),
-                    f"throughput_b{a.batch}_img_s": round(m_tp, 3),
-                    "speedup_b1": round(base_b1 / m_b1, 3),
-                    f"speedup_b{a.batch}": round(m_tp / base_tp, 3),
+                    "latency_b1_ms": round(1000 * w1, 3),
+                    f"throughput_b{a.batch}_img_s": round(a.batch / wb, 3),
+                    "speedup_b1": round(base[0][0] / w1, 3),
+                    f"speedup_b{a.batch}": round(base[0][1] / wb, 3),
+                    "cpu_b1_ms": round(1000 * c1, 3),
+                    "cpu_speedup_b1": round(base[1][0] / c1, 3),
+                    f"cpu_speedup_b{a.batch}": round(base[1][1] / cb, 3),
                 }
             )
         rows = [r for r in out["results"] if r["model"] == name]
