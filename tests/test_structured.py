@@ -238,6 +238,9 @@ except Exception as e:
 else:
     print("LOADED SILENTLY")
 assert "hf_px" not in sys.modules
+import hf_px  # after transformers' quantizer registry is loaded: registers at once
+m = t.AutoModelForImageClassification.from_pretrained(hooked)
+print("LOADED WITH HF_PX", sum(p.numel() for p in m.parameters()))
 """
 
 
@@ -288,6 +291,7 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PIPELINE" in proc.stdout and "REFUSED" in proc.stdout, proc.stdout
+    assert f"LOADED WITH HF_PX {res_r.params[1]}" in proc.stdout
     assert "hf_px_structured_checkpoint" in proc.stdout + proc.stderr  # the marker's hint
 
 
