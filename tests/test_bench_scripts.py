@@ -39,3 +39,26 @@ def test_every_bench_script_imports_and_answers_help():
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
     for script in SCRIPTS:  # each printed its own usage line
         assert f"usage: {script.name}" in proc.stdout or f"usage: {script}" in proc.stdout, script
+
+
+def test_bench_speed_quick_mode():
+    """`bench_speed.py --quick` (tiny configs): every variant is smaller, computes the
+    masked function, and gets timed; one model keeps it to seconds."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_speed.py", "--quick", "--models", "vit-base"]
+        + ["--batch", "4", "--b1-calls", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    rows = json.loads(proc.stdout)["results"]
+    assert [r["variant"] for r in rows] == ["dense", "remove 0.25", "remove 0.5"]
+    for r in rows[1:]:
+        assert r["removed"]["macs"] >= r["remove"]
+        assert r["macs"] < rows[0]["macs"] and r["max_logit_diff_vs_masked"] < 1e-5
+        assert r["latency_b1_ms"] > 0 and r["throughput_b4_img_s"] > 0

@@ -61,7 +61,8 @@ def quantization_config_dict() -> dict[str, Any]:
 
 
 def register() -> None:
-    """Register the `hf_px_bitmask` method with transformers (idempotent)."""
+    """Register the `hf_px_bitmask` and `hf_px_structured` methods with transformers
+    (idempotent)."""
     global _registered
     with _lock:
         if _registered:
@@ -76,6 +77,14 @@ def register() -> None:
             auto.register_quantization_config(QUANT_METHOD)(HfPxBitmaskConfig)
         if QUANT_METHOD not in auto.AUTO_QUANTIZER_MAPPING:
             auto.register_quantizer(QUANT_METHOD)(HfPxBitmaskQuantizer)
+        # structured checkpoints (hf_px.checkpoint.structured): the same registry
+        from .structured import QUANT_METHOD as STRUCTURED
+        from .structured_quantizer import HfPxStructuredConfig, HfPxStructuredQuantizer
+
+        if STRUCTURED not in auto.AUTO_QUANTIZATION_CONFIG_MAPPING:
+            auto.register_quantization_config(STRUCTURED)(HfPxStructuredConfig)
+        if STRUCTURED not in auto.AUTO_QUANTIZER_MAPPING:
+            auto.register_quantizer(STRUCTURED)(HfPxStructuredQuantizer)
         _registered = True
         logger.debug("registered transformers quantization method %r", QUANT_METHOD)
 

@@ -22,10 +22,18 @@ import threading
 
 from .. import __version__
 from ..errors import HfPxError
-from . import env_cmd, evaluate, finetune, inspect_cmd, output, parsing, prune, push
+from . import env_cmd, evaluate, finetune, inspect_cmd, output, parsing, prune, push, structured
 from .parsing import PROG
 
-COMMANDS = (prune, inspect_cmd, evaluate, finetune, push, env_cmd)  # the order `--help` lists them
+COMMANDS = (
+    prune,
+    structured,
+    inspect_cmd,
+    evaluate,
+    finetune,
+    push,
+    env_cmd,
+)  # the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

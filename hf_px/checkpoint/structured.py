@@ -1,0 +1,230 @@
+"""Structured checkpoints: the physically smaller model, loadable with ``from_pretrained``.
+
+Two layouts, chosen by what the model's own config can say:
+
+* **plain** — every group of a config field has the same width (ViT/DeiT: one
+  ``intermediate_size`` for all MLPs; one head count, with ``head_dim`` written
+  explicitly since it no longer equals ``hidden_size / heads``). ``config.json``
+  gets the new widths and the directory is an ordinary transformers checkpoint:
+  plain ``from_pretrained`` and ``pipeline()`` work without hf-px.
+* **hf_px_structured** — anything else (different widths per layer; every ResNet
+  and ConvNeXt, whose internal widths are fixed ratios of the stage width in their
+  configs). ``config.json`` carries ``quantization_config = {"quant_method":
+  "hf_px_structured", "widths": {group: units kept}, ...}``; after ``import hf_px``
+  the registered quantizer (:mod:`.structured_quantizer`) resizes the freshly built
+  model's modules before transformers fills them. Without hf-px the method is
+  unknown to transformers and the smaller tensors do not fit the dense model:
+  loading raises (never random weights); the load report names a marker tensor
+  that says to install hf-px.
+
+Both write ``structured_units.json``: the method, target and, per group, the kept
+unit numbers of the dense model, the MACs/parameters before and after, and the
+latency when measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import HfPxError
+from ..structured import StructuredResult, shrink
+from ..structured.units import UnitGroup
+from .save import _commit, _input_dirs, _new_parents, _staging, check_output_dir
+
+UNITS_NAME = "structured_units.json"
+QUANT_METHOD = "hf_px_structured"
+FORMAT_VERSION = 1
+HINT = "pip install hf-px, then import hf_px before from_pretrained"
+MARKER_KEY = f"hf_px_structured_checkpoint: {HINT}"
+
+
+def config_widths(model: nn.Module, result: StructuredResult) -> dict[str, int] | None:
+    """The config fields that describe the pruned model, or None if none can."""
+    counts = result.counts()
+    fields: dict[str, set[int]] = {}
+    for g in result.groups:
+        if not g.uniform_key:
+            return None
+        fields.setdefault(g.uniform_key, set()).add(counts[g.name])
+    if any(len(v) != 1 for v in fields.values()):
+        return None
+    return {k: next(iter(v)) for k, v in fields.items()}
+
+
+def is_shrunk(model: nn.Module, result: StructuredResult) -> bool:
+    counts = result.counts()
+    shapes = []
+    for g in result.groups:
+        w = model.get_submodule(g.consumers[0]).weight
+        shapes.append((w.shape[1], g.size * g.width, counts[g.name] * g.width))
+    if all(have == kept for have, _, kept in shapes):
+        return True
+    if all(have == dense for have, dense, _ in shapes):
+        return False
+    raise HfPxError("the model's widths match neither the dense nor the pruned model of `result`")
+
+
+def save_structured(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    result: StructuredResult,
+    *,
+    image_processor: Any = None,
+    overwrite: bool = False,
+    latency: dict[str, Any] | None = None,
+    card: bool = True,
+) -> Path:
+    """Write the structured-pruned `model` (shrunk in place first if it is not yet) as
+    a Hugging Face model directory; returns its path. Plain checkpoint when the
+    config can express the widths, else the ``hf_px_structured`` layout (module
+    docstring)."""
+    if not hasattr(model, "save_pretrained"):
+        raise HfPxError("save_structured needs a transformers model")
+    if not is_shrunk(model, result):
+        shrink(model, result.groups, result.kept)
+    target = Path(output_dir).expanduser()
+    check_output_dir(target, overwrite, _input_dirs(model, None))
+    widths = config_widths(model, result)
+    record = units_record(result, latency)
+    record["layout"] = "plain" if widths is not None else QUANT_METHOD
+    parent = target.absolute().parent
+    config = model.config
+    saved = {k: getattr(config, k, None) for k in ("intermediate_size", "num_attention_heads")}
+    had_head_dim = hasattr(config, "head_dim")
+    try:
+        if widths is not None:
+            if "num_attention_heads" in widths:
+                head_dim = next(g.width for g in result.groups if g.kind == "heads")
+                config.head_dim = head_dim
+            for k, v in widths.items():
+                setattr(config, k, v)
+        with _new_parents(parent), _staging(parent, target.name) as tmp:
+            model.save_pretrained(tmp)
+            if widths is None:
+                _add_structured_config(tmp, result)
+            if image_processor is not None:
+                image_processor.save_pretrained(tmp)
+            (tmp / UNITS_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            if card:
+                (tmp / "README.md").write_text(model_card(result, record))
+            _commit(tmp, target, overwrite)
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                setattr(config, k, v)
+        if not had_head_dim and hasattr(config, "head_dim"):
+            del config.head_dim
+    return target
+
+
+def units_record(result: StructuredResult, latency: dict[str, Any] | None = None) -> dict:
+    counts = result.counts()
+    return {
+        "version": FORMAT_VERSION,
+        "config": result.config,
+        "macs": {"before": result.macs[0], "after": result.macs[1]},
+        "params": {"before": result.params[0], "after": result.params[1]},
+        "removed": result.removed,
+        "latency": latency or {},
+        "groups": {
+            g.name: {
+                "kind": g.kind,
+                "size": g.size,
+                "width": g.width,
+                "kept_count": counts[g.name],
+                "kept": torch.nonzero(result.kept[g.name]).reshape(-1).tolist(),
+            }
+            for g in result.groups
+        },
+    }
+
+
+def quantization_config_dict(result: StructuredResult) -> dict[str, Any]:
+    return {
+        "quant_method": QUANT_METHOD,
+        "version": FORMAT_VERSION,
+        "kinds": list(result.config["structure"]),
+        "widths": result.counts(),
+        "requires": HINT,
+    }
+
+
+def _add_structured_config(directory: Path, result: StructuredResult) -> None:
+    path = directory / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["quantization_config"] = quantization_config_dict(result)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    weights = directory / "model.safetensors"
+    if weights.exists():  # the marker: its name is in plain transformers' load report
+        tensors = load_file(weights)
+        tensors[MARKER_KEY] = torch.zeros(1, dtype=torch.uint8)
+        save_file(tensors, weights, metadata={"format": "pt"})
+
+
+def load_units(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``structured_units.json`` record of a structured checkpoint."""
+    path = Path(directory) / UNITS_NAME
+    if not path.is_file():
+        raise HfPxError(f"{directory} has no {UNITS_NAME}; it is not a structured checkpoint")
+    return json.loads(path.read_text())
+
+
+def resize_to(model: nn.Module, kinds: list[str], widths: dict[str, int]) -> list[UnitGroup]:
+    """Give the dense-shaped `model` the saved widths (values uninitialised)."""
+    from ..structured.shrink import resize_group
+    from ..structured.units import find_units
+
+    groups = find_units(model, kinds)
+    names = {g.name for g in groups}
+    unknown = sorted(set(widths) - names)
+    if unknown:
+        raise HfPxError(
+            f"this structured checkpoint names unit groups the model does not have "
+            f"({', '.join(unknown[:3])}); it was written for another architecture"
+        )
+    for g in groups:
+        n = int(widths.get(g.name, g.size))
+        if n != g.size:
+            resize_group(model, g, n)
+    return groups
+
+
+def model_card(result: StructuredResult, record: dict[str, Any]) -> str:
+    cfg = result.config
+    lat = record.get("latency") or {}
+    rows = [
+        ("parameters", f"{result.params[0]:,}", f"{result.params[1]:,}"),
+        (f"MACs per image ({cfg['image_size']} px)", f"{result.macs[0]:,}", f"{result.macs[1]:,}"),
+    ]
+    for key, value in sorted(lat.items()):
+        if isinstance(value, dict) and "before" in value and "after" in value:
+            rows.append((key, f"{value['before']:.4g}", f"{value['after']:.4g}"))
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    if record["layout"] == "plain":
+        load = (
+            "A plain transformers checkpoint: `AutoModelForImageClassification.from_pretrained` "
+            "and `pipeline()` load it without hf-px."
+        )
+    else:
+        load = (
+            "Layer widths differ from what the model's config can describe: `import hf_px` "
+            "before `from_pretrained` (without it, loading fails with a size mismatch)."
+        )
+    return (
+        "---\ntags:\n- hf-px\n- structured-pruning\n- image-classification\n---\n\n"
+        f"# Structured-pruned {cfg['model_type']} ({cfg['method']}, "
+        f"{cfg['remove']:.0%} of {cfg['target']} removed)\n\n"
+        f"Units removed: {', '.join(cfg['structure'])}, {cfg['rounds']} rounds"
+        f"{', uniform widths' if cfg['uniform'] else ''}. {load}\n\n"
+        "| | before | after |\n| --- | --- | --- |\n"
+        f"{table}\n\n"
+        "Latency: " + (lat.get("note") or "not measured") + ".\n"
+        "Which units were kept: `structured_units.json`.\n"
+    )

@@ -1,0 +1,219 @@
+"""`prune_structured`: remove whole units until a fraction of MACs or parameters is gone.
+
+Round r of R keeps cost C₀ · (1 − s)^(r/R) (the exponential schedule of unstructured
+PX, on MACs or parameters instead of weights); every round re-scores the units with
+the removed ones masked, then removes units until the round's cost is met:
+
+* methods whose scores compare across layers (``px``, ``taylor``) take the units of
+  the whole model in ascending order of score per unit of cost (what removing the
+  unit saves, at the round's start: a head saves as much as ~70 MLP neurons of
+  ViT-base); ties: group order, then unit number;
+* ``l1`` and ``random``, and any method with ``uniform=True``, remove the same
+  fraction from every group, each group's lowest-scored units first. ``uniform``
+  gives every layer the same width, so a ViT stays expressible in its own config.
+
+Every group keeps at least one unit. The model is left with the removed units'
+weights at zero (it computes what the physically smaller model computes);
+:func:`hf_px.structured.shrink` then removes them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HfPxError
+from ..pruning import flush_denormal
+from .cost import CostModel
+from .scores import METHODS, apply_masks, score_units
+from .units import UnitGroup, find_units, model_type, resolve_kinds
+
+TARGETS = ("macs", "params")
+MIN_KEEP = 1
+_STEPS = 1 << 16  # resolution of the uniform removal fraction
+
+
+@dataclass
+class StructuredResult:
+    groups: list[UnitGroup]
+    kept: dict[str, torch.Tensor]  # group name → bool per unit (True = kept)
+    config: dict[str, Any]
+    macs: tuple[int, int]  # (before, after), one image at `image_size`
+    params: tuple[int, int]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {n: int(k.sum()) for n, k in self.kept.items()}
+
+    @property
+    def removed(self) -> dict[str, float]:
+        return {
+            "macs": 1.0 - self.macs[1] / self.macs[0],
+            "params": 1.0 - self.params[1] / self.params[0],
+        }
+
+
+def check_settings(remove: float, target: str, method: str, rounds: int | None) -> None:
+    if not isinstance(remove, int | float) or not 0.0 < float(remove) < 1.0:
+        raise HfPxError(f"--remove must be a fraction in (0, 1) such as 0.5, not {remove!r}")
+    if target not in TARGETS:
+        raise HfPxError(f"target {target!r} is unknown; use one of {', '.join(TARGETS)}")
+    if method not in METHODS:
+        raise HfPxError(f"structured method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    if rounds is not None and (not isinstance(rounds, int) or rounds < 1):
+        raise HfPxError(f"rounds must be a positive integer, not {rounds!r}")
+
+
+def prune_structured(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]] | None,
+    remove: float = 0.5,
+    *,
+    target: str = "macs",
+    structure: str | list[str] = "auto",
+    method: str = "px",
+    rounds: int | None = None,
+    uniform: bool = False,
+    seed: int = 0,
+    image_size: int | None = None,
+    callback: Any = None,
+    **method_options: Any,
+) -> StructuredResult:
+    """Remove units of the kinds `structure` names until `remove` of the model's
+    `target` ("macs": per image at `image_size`, default the batches'; "params") is
+    gone; zeroes the removed units' weights in place and returns which units stay."""
+    check_settings(remove, target, method, rounds)
+    m = METHODS[method]
+    data = list(batches or [])
+    if m.needs_data and not data:
+        raise HfPxError(f"structured method {method!r} needs calibration batches")
+    if m.needs_labels and any(b.get("labels") is None for b in data):
+        raise HfPxError(f"structured method {method!r} needs batches with 'labels'")
+    if image_size is None:
+        if not data:
+            raise HfPxError("give image_size (or batches) to count MACs")
+        image_size = int(data[0]["pixel_values"].shape[-1])
+    kinds = resolve_kinds(model, structure)
+    groups = find_units(model, kinds)
+    rounds = rounds if rounds is not None else m.default_rounds
+    cost = CostModel(model, groups, image_size)
+    total = cost.cost(target)
+    final = math.floor(total * (1.0 - float(remove)))
+    floor_cost = cost.cost(target, {g.name: MIN_KEEP for g in groups})
+    if floor_cost > final:
+        raise HfPxError(
+            f"removing {remove:.0%} of the {target} is out of reach with structure "
+            f"{'+'.join(kinds)}: at most {1 - floor_cost / total:.1%} can go (one unit kept "
+            "per group); lower --remove or add unit kinds (--structure auto)"
+        )
+    kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    history = []
+    t0 = time.perf_counter()
+    scoring_s = 0.0
+    for r in range(1, rounds + 1):
+        goal = final if r == rounds else math.floor(total * (1.0 - float(remove)) ** (r / rounds))
+        apply_masks(model, groups, kept)
+        t = time.perf_counter()
+        with flush_denormal():
+            scores = score_units(
+                method, model, data, groups, kept, seed=seed, round_index=r, options=method_options
+            )
+        scoring_s += time.perf_counter() - t
+        if uniform or not m.global_rank:
+            _remove_uniform(cost, target, groups, kept, scores, goal)
+        else:
+            _remove_global(cost, target, groups, kept, scores, goal)
+        counts = {n: int(k.sum()) for n, k in kept.items()}
+        history.append({"round": r, "goal": goal, target: cost.cost(target, counts)})
+        if callback is not None:
+            callback(history[-1])
+    apply_masks(model, groups, kept)
+    counts = {n: int(k.sum()) for n, k in kept.items()}
+    config = {
+        "method": method,
+        "structure": kinds,
+        "remove": float(remove),
+        "target": target,
+        "rounds": rounds,
+        "uniform": bool(uniform),
+        "seed": seed,
+        "image_size": image_size,
+        "model_type": model_type(model),
+        "method_options": {k: v for k, v in method_options.items() if _jsonable(v)},
+    }
+    return StructuredResult(
+        groups=groups,
+        kept=kept,
+        config=config,
+        macs=(cost.macs(), cost.macs(counts)),
+        params=(cost.params(), cost.params(counts)),
+        history=history,
+        timings={"prune_s": time.perf_counter() - t0, "scoring_s": scoring_s},
+    )
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool) or v is None
+
+
+def _unit_cost(cost: CostModel, target: str, counts: dict[str, int], group: str) -> int:
+    """What one more removed unit of `group` saves, exactly."""
+    saved = 0
+    for t in cost.terms(target):
+        if group in t.groups:
+            saved += t.per_unit * math.prod(counts[g] for g in t.groups if g != group)
+    return saved
+
+
+def _remove_global(cost, target, groups, kept, scores, goal) -> None:
+    counts = {n: int(k.sum()) for n, k in kept.items()}
+    now = cost.cost(target, counts)
+    order = []
+    for gi, g in enumerate(groups):
+        alive = torch.nonzero(kept[g.name]).reshape(-1).tolist()
+        per_cost = 1.0 / max(1, _unit_cost(cost, target, counts, g.name))
+        s = scores[g.name].tolist()
+        order += [(s[u] * per_cost, gi, u) for u in alive]
+    order.sort()
+    for _, gi, u in order:
+        if now <= goal:
+            break
+        name = groups[gi].name
+        if counts[name] <= MIN_KEEP:
+            continue
+        now -= _unit_cost(cost, target, counts, name)
+        counts[name] -= 1
+        kept[name][u] = False
+
+
+def _remove_uniform(cost, target, groups, kept, scores, goal) -> None:
+    current = {n: int(k.sum()) for n, k in kept.items()}
+
+    def counts_at(step: int) -> dict[str, int]:
+        return {
+            g.name: min(current[g.name], max(MIN_KEEP, g.size - (step * g.size) // _STEPS))
+            for g in groups
+        }
+
+    lo, hi = 0, _STEPS  # smallest step whose cost meets the goal (hi always does)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost.cost(target, counts_at(mid)) <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    for g in groups:
+        n = counts_at(lo)[g.name]
+        alive = torch.nonzero(kept[g.name]).reshape(-1)
+        s = scores[g.name][alive]
+        # ascending score, ties by unit number (a stable sort of ascending indices)
+        order = torch.sort(s, stable=True).indices
+        drop = alive[order[: alive.numel() - n]]
+        kept[g.name][drop] = False

@@ -1,0 +1,176 @@
+"""Unit scores: one number per unit of every group (higher = more important).
+
+* ``px``: S_u = Σ over the unit's *fan-out* weights θ (the consumer's input columns
+  of the unit) of the unstructured PX score |∂R/∂θ²| · θ² — the derivative of R
+  with respect to a multiplicative mask c_u on those squared weights, at c = 1
+  (docs/method.md §8 derives it and says when it is exact).
+* ``taylor`` (Molchanov et al., CVPR 2019): first-order Taylor estimate of the loss
+  change on removing the unit, (Σ_{fan-out θ} g · θ)² per batch (= (∂L/∂a_u · a_u)²
+  summed over the unit's positions), summed over batches.
+* ``l1`` (Li et al., ICLR 2017): the L1 norm of the unit's *producing* weights (the
+  filter that computes the channel).
+* ``random``: uniform random, seeded by (seed, round).
+
+``l1`` and ``random`` are not comparable across layers, so they remove the same
+fraction of every group (see :mod:`.prune`); ``px`` and ``taylor`` rank all units
+of the model against each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..methods.base import call, cross_entropy, model_mode
+from ..pruning import compute_scores
+from .units import UnitGroup
+
+
+@dataclass(frozen=True)
+class UnitMethod:
+    name: str
+    label: str
+    global_rank: bool  # scores comparable across groups
+    default_rounds: int
+    needs_labels: bool = False
+    needs_data: bool = True
+    citation: str = ""
+
+
+METHODS = {
+    "px": UnitMethod("px", "structured PX (Path eXclusion)", True, 10),
+    "taylor": UnitMethod(
+        "taylor",
+        "first-order Taylor",
+        True,
+        10,
+        needs_labels=True,
+        citation='Molchanov, Mallya, Tyree, Frosio, Kautz, "Importance Estimation for '
+        'Neural Network Pruning", CVPR 2019',
+    ),
+    "l1": UnitMethod(
+        "l1",
+        "L1 norm of filters",
+        False,
+        1,
+        needs_data=False,
+        citation='Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient '
+        'ConvNets", ICLR 2017',
+    ),
+    "random": UnitMethod("random", "random", False, 1, needs_data=False),
+}
+
+
+def per_unit_columns(t: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """Sum of `t` (a consumer weight's shape) over each unit's input columns."""
+    v = t.transpose(0, 1).reshape(t.shape[1], -1).sum(1)
+    return v.reshape(group.size, group.width).sum(1)
+
+
+def per_unit_rows(t: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """Sum of `t` (a producer weight's shape) over each unit's output rows."""
+    v = t.reshape(t.shape[0], -1).sum(1)
+    return v.reshape(group.size, group.width).sum(1)
+
+
+def weight_masks(
+    model: nn.Module, groups: list[UnitGroup], kept: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Bool masks (True = kept) of the producers' and consumers' weights."""
+    out: dict[str, torch.Tensor] = {}
+
+    def mask_of(module_name: str) -> torch.Tensor:
+        key = f"{module_name}.weight"
+        if key not in out:
+            w = model.get_submodule(module_name).weight
+            out[key] = torch.ones(w.shape, dtype=torch.bool, device=w.device)
+        return out[key]
+
+    for g in groups:
+        channels = kept[g.name].repeat_interleave(g.width)
+        for name in g.producers:
+            m = mask_of(name)
+            m &= channels.view(-1, *([1] * (m.dim() - 1))).to(m.device)
+        for name in g.consumers:
+            m = mask_of(name)
+            m &= channels.view(1, -1, *([1] * (m.dim() - 2))).to(m.device)
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, groups: list[UnitGroup], kept: dict[str, torch.Tensor]) -> None:
+    """Zero the removed units' weights (producer rows and biases, consumer columns)."""
+    for name, mask in weight_masks(model, groups, kept).items():
+        p = model.get_parameter(name)
+        p.masked_fill_(~mask, 0.0)
+    for g in groups:
+        gone = ~kept[g.name].repeat_interleave(g.width)
+        for name in g.producers:
+            bias = model.get_submodule(name).bias
+            if bias is not None:
+                bias.masked_fill_(gone.to(bias.device), 0.0)
+
+
+def score_units(
+    method: str,
+    model: nn.Module,
+    batches: Sequence[dict[str, Any]],
+    groups: list[UnitGroup],
+    kept: dict[str, torch.Tensor],
+    *,
+    seed: int = 0,
+    round_index: int = 0,
+    options: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """{group name: float64 score per unit}; removed units score 0."""
+    if method == "px":
+        masks = weight_masks(model, groups, kept)
+        scores = compute_scores(model, batches, "px", masks=masks, **(options or {}))
+        out = {
+            g.name: sum(per_unit_columns(scores[f"{c}.weight"].double(), g) for c in g.consumers)
+            for g in groups
+        }
+    elif method == "taylor":
+        out = _taylor(model, batches, groups, kept)
+    elif method == "l1":
+        out = {
+            g.name: sum(
+                per_unit_rows(model.get_submodule(p).weight.detach().double().abs(), g)
+                for p in g.producers
+            )
+            for g in groups
+        }
+    elif method == "random":
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + round_index)
+        out = {g.name: torch.rand(g.size, generator=gen, dtype=torch.float64) for g in groups}
+    else:
+        raise ValueError(method)
+    return {n: torch.where(kept[n], s.cpu(), torch.zeros_like(s.cpu())) for n, s in out.items()}
+
+
+def _taylor(model, batches, groups, kept) -> dict[str, torch.Tensor]:
+    masks = weight_masks(model, groups, kept)
+    tensors = {n: p.detach() for n, p in model.named_parameters()}
+    for n, m in masks.items():
+        tensors[n] = tensors[n] * m.to(tensors[n].dtype)
+    consumers = sorted({f"{c}.weight" for g in groups for c in g.consumers})
+    leaves = {n: tensors[n].clone().requires_grad_(True) for n in consumers}
+    tensors.update(leaves)
+    acc = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    with model_mode(model), torch.enable_grad():
+        for batch in batches:
+            loss = cross_entropy(call(model, tensors, batch["pixel_values"]), batch["labels"])
+            grads = dict(
+                zip(consumers, torch.autograd.grad(loss, list(leaves.values())), strict=True)
+            )
+            for g in groups:
+                t = sum(
+                    per_unit_columns((grads[n] * leaves[n].detach()).double(), g)
+                    for n in (f"{c}.weight" for c in g.consumers)
+                )
+                acc[g.name] += t.cpu().pow(2)
+    return acc

@@ -1,0 +1,138 @@
+"""Structured units: which output channels, neurons or heads can be removed together.
+
+A :class:`UnitGroup` is one set of interchangeable units inside one block: the
+``size`` units of ``width`` consecutive channels each, produced by the output rows of
+``producers`` (weight dim 0, bias; BatchNorm ``norms`` on the same channels) and read
+by the input columns of ``consumers`` (weight dim 1). Removing unit u deletes its rows,
+its norm entries and its columns; nothing else in the network sees those channels,
+so the smaller network computes exactly what the network with those weights at zero
+computes (the consumers' columns carry all of the unit's effect).
+
+Only channels *inside* a residual block are units: a stage's residual stream
+channels are read and written by every block of the stage (and the shortcut), so
+removing one means editing all of them together; hf-px does not do that (yet).
+
+* ``resnet``: the two internal widths of every bottleneck (conv 1x1 → conv 3x3 →
+  conv 1x1: the outputs of the first two convolutions with their BatchNorms) or
+  the one of a basic block, kind ``channels``.
+* ``convnext``: the MLP hidden channels of every block (``pwconv1`` → GELU →
+  ``pwconv2``), kind ``channels``.
+* ``vit`` / ``deit``: the MLP neurons of every layer (``fc1`` → GELU → ``fc2``), kind
+  ``neurons``; the attention heads (``q_proj``/``k_proj``/``v_proj`` rows of a head,
+  ``o_proj`` columns), kind ``heads``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import HfPxError
+
+KINDS = ("channels", "neurons", "heads")
+FAMILY_KINDS: dict[str, tuple[str, ...]] = {
+    "resnet": ("channels",),
+    "convnext": ("channels",),
+    "vit": ("neurons", "heads"),
+    "deit": ("neurons", "heads"),
+}
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    name: str  # the block's module name + a role, unique in the model
+    kind: str
+    size: int  # units in the dense model
+    width: int  # channels per unit (a head's head_dim; 1 otherwise)
+    producers: tuple[str, ...]  # modules whose output channels are the units
+    consumers: tuple[str, ...]  # modules whose input channels are the units
+    norms: tuple[str, ...] = ()  # BatchNorms on the units' channels
+    uniform_key: str = ""  # groups with one key share one width in the model's config
+
+
+def model_type(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", None) or "?"
+
+
+def family_kinds(model: nn.Module) -> tuple[str, ...]:
+    kinds = FAMILY_KINDS.get(model_type(model))
+    if kinds is None:
+        raise HfPxError(
+            f"structured pruning supports model types {', '.join(sorted(FAMILY_KINDS))}; "
+            f"this model is {model_type(model)!r} (use unstructured `hf-px prune`)"
+        )
+    return kinds
+
+
+def resolve_kinds(model: nn.Module, structure: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``auto`` → every unit kind of the family; else the named kinds, checked."""
+    available = family_kinds(model)
+    names = [structure] if isinstance(structure, str) else list(structure)
+    if names == ["auto"]:
+        return list(available)
+    for n in names:
+        if n not in available:
+            raise HfPxError(
+                f"structure {n!r} does not exist for {model_type(model)!r} models; "
+                f"choose from {', '.join(available)} or auto"
+            )
+    return [k for k in available if k in names]
+
+
+def find_units(
+    model: nn.Module, kinds: list[str] | tuple[str, ...] | None = None
+) -> list[UnitGroup]:
+    """The unit groups of `model`, in module order (`kinds`: None = all of the family)."""
+    kinds = list(kinds) if kinds is not None else list(family_kinds(model))
+    mt = model_type(model)
+    groups: list[UnitGroup] = []
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if mt == "resnet" and "channels" in kinds and cls.startswith("ResNet"):
+            groups += _resnet_block(name, module, cls)
+        elif mt == "convnext" and "channels" in kinds and cls == "ConvNextLayer":
+            hidden = module.pwconv1.out_features
+            groups.append(
+                UnitGroup(
+                    f"{name}.mlp", "channels", hidden, 1, (f"{name}.pwconv1",),
+                    (f"{name}.pwconv2",), uniform_key="",
+                )
+            )  # fmt: skip
+        elif mt in ("vit", "deit") and cls.endswith("MLP") and "neurons" in kinds:
+            groups.append(
+                UnitGroup(
+                    f"{name}", "neurons", module.fc1.out_features, 1, (f"{name}.fc1",),
+                    (f"{name}.fc2",), uniform_key="intermediate_size",
+                )
+            )  # fmt: skip
+        elif mt in ("vit", "deit") and cls.endswith("Attention") and "heads" in kinds:
+            hd = module.head_dim
+            groups.append(
+                UnitGroup(
+                    f"{name}", "heads", module.q_proj.out_features // hd, hd,
+                    tuple(f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj")),
+                    (f"{name}.o_proj",), uniform_key="num_attention_heads",
+                )
+            )  # fmt: skip
+    return groups
+
+
+def _resnet_block(name: str, module: nn.Module, cls: str) -> list[UnitGroup]:
+    if cls not in ("ResNetBottleNeckLayer", "ResNetBasicLayer"):
+        return []
+    convs = list(module.layer)  # ResNetConvLayer: convolution + normalization + activation
+    out = []
+    for i in range(len(convs) - 1):  # every output but the last (that one is the stream)
+        out.append(
+            UnitGroup(
+                f"{name}.layer.{i}",
+                "channels",
+                convs[i].convolution.out_channels,
+                1,
+                (f"{name}.layer.{i}.convolution",),
+                (f"{name}.layer.{i + 1}.convolution",),
+                norms=(f"{name}.layer.{i}.normalization",),
+            )
+        )
+    return out

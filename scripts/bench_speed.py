@@ -1,0 +1,177 @@
+"""Speed of structured-pruned models: dense vs physically smaller, same process.
+
+    python scripts/bench_speed.py [--models vit-base resnet50 convnext-tiny]
+        [--remove 0.25 0.5 0.75] [--method random] [--runs 5] [--threads 2] [--quick]
+
+Random-init full-size configs at 224 px (``--quick``: tiny configs at 32 px, two
+runs, 25 and 50% removed, for the tests). Each model is pruned with `hf_px.structured.prune_structured`
+(every unit kind of its family, ``--target`` macs by default) to each ``--remove``
+fraction and shrunk (`hf_px.structured.shrink`); the logits of the shrunk model are
+checked against the masked one. Then, per run, every variant (dense first) is timed
+in turn — batch-1 latency (``--b1-calls`` forwards, their mean) and batch-32
+throughput (one forward) — so dense and pruned see the same machine load; the
+figures are medians over ``--runs`` runs after one warm-up run. Wall time and
+process CPU time are both reported: on a shared, oversubscribed machine the CPU time
+(at one thread: the work the forward did) is the steadier of the two, and wall time
+at two threads can be dominated by OpenMP threads waiting for a preempted sibling
+(docs/structured.md). ``--method random``
+(the default) removes the same fraction of every group, the shapes an `l1` or
+``uniform`` prune gives; ``--method px`` (with ``--rounds``) scores on random
+calibration images. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from _bench_models import build  # noqa: E402
+
+from hf_px.structured import prune_structured, shrink  # noqa: E402
+
+
+def tiny(name: str):
+    import transformers as t
+
+    torch.manual_seed(0)
+    if name == "vit-base":
+        cfg = t.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            num_labels=10,
+        )
+        return t.ViTForImageClassification(cfg).eval()
+    if name == "resnet50":
+        cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[64, 128], depths=[1, 1], num_labels=10)
+        return t.ResNetForImageClassification(cfg).eval()
+    if name == "convnext-tiny":
+        cfg = t.ConvNextConfig(num_stages=2, hidden_sizes=[32, 64], depths=[1, 1], num_labels=10)
+        return t.ConvNextForImageClassification(cfg).eval()
+    raise ValueError(name)
+
+
+@torch.no_grad()
+def timed(model, x, calls: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per forward, mean of `calls`."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        model(pixel_values=x)
+    return (time.perf_counter() - t0) / calls, (time.process_time() - c0) / calls
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["vit-base", "resnet50", "convnext-tiny"])
+    p.add_argument("--remove", nargs="+", type=float, default=None, help="default 0.25 0.5 0.75")
+    p.add_argument("--target", choices=("macs", "params"), default="macs")
+    p.add_argument("--method", default="random")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--b1-calls", type=int, default=3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny configs at 32 px, two runs")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    size = 32 if a.quick else 224
+    runs = 2 if a.quick else a.runs
+    removes = a.remove or ([0.25, 0.5] if a.quick else [0.25, 0.5, 0.75])
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(1, 3, size, size, generator=g)
+    xb = torch.randn(a.batch, 3, size, size, generator=g)
+    calib = [{"pixel_values": torch.randn(8, 3, size, size, generator=g)}]
+    out = {
+        "settings": {
+            "image_size": size,
+            "threads": a.threads,
+            "runs": runs,
+            "b1_calls": a.b1_calls,
+            "batch": a.batch,
+            "method": a.method,
+            "target": a.target,
+            "quick": a.quick,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        },
+        "results": [],
+    }
+    for name in a.models:
+        dense = tiny(name) if a.quick else build(name, size, 1000)
+        variants = [("dense", 0.0, dense, None)]
+        for remove in removes:
+            model = copy.deepcopy(dense)
+            t0 = time.perf_counter()
+            res = prune_structured(
+                model, calib, remove, target=a.target, method=a.method, rounds=a.rounds
+            )
+            with torch.no_grad():
+                masked = model(pixel_values=x1).logits
+                shrink(model, res.groups, res.kept)
+                err = float((model(pixel_values=x1).logits - masked).abs().max())
+            info = {
+                "macs": res.macs[1],
+                "params": res.params[1],
+                "removed": res.removed,
+                "max_logit_diff_vs_masked": err,
+                "prune_s": round(time.perf_counter() - t0, 2),
+            }
+            variants.append((f"remove {remove}", remove, model, info))
+            dense_info = {"macs": res.macs[0], "params": res.params[0]}
+        print(f"{name}: {len(variants)} variants built", file=sys.stderr, flush=True)
+        # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
+        b1 = {v[0]: [] for v in variants}
+        bb = {v[0]: [] for v in variants}
+        for run in range(runs + 1):  # run 0 is the warm-up
+            for label, _, model, _ in variants:
+                one = timed(model, x1, a.b1_calls)
+                big = timed(model, xb, 1)
+                if run:
+                    b1[label].append(one)
+                    bb[label].append(big)
+
+        def med(values, i):
+            return statistics.median(v[i] for v in values)
+
+        base = {k: (med(b1["dense"], k), med(bb["dense"], k)) for k in (0, 1)}
+        for label, remove, _, info in variants:
+            w1, wb = med(b1[label], 0), med(bb[label], 0)
+            c1, cb = med(b1[label], 1), med(bb[label], 1)
+            out["results"].append(
+                {
+                    "model": name,
+                    "variant": label,
+                    "remove": remove,
+                    **(info or dense_info),
+                    "latency_b1_ms": round(1000 * w1, 3),
+                    f"throughput_b{a.batch}_img_s": round(a.batch / wb, 3),
+                    "speedup_b1": round(base[0][0] / w1, 3),
+                    f"speedup_b{a.batch}": round(base[0][1] / wb, 3),
+                    "cpu_b1_ms": round(1000 * c1, 3),
+                    "cpu_speedup_b1": round(base[1][0] / c1, 3),
+                    f"cpu_speedup_b{a.batch}": round(base[1][1] / cb, 3),
+                }
+            )
+        rows = [r for r in out["results"] if r["model"] == name]
+        print(f"{name}: timed {json.dumps(rows)}", file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Structured pruning of trained Fashion-MNIST models: structured PX vs L1 / Taylor / random.
+
+    python scripts/bench_structured_quality.py [--models-dir ~/.cache/hf-px/fmnist-models]
+        [--families resnet convnext vit] [--methods px l1 taylor random]
+        [--remove 0.25 0.5 0.75] [--seeds 0] [--train-limit 10000] [--threads 2]
+
+The dense models are ``save_pretrained`` directories ``<models-dir>/<family>/`` (made by
+``scripts/train_fmnist_models.py``, issue 21), loaded by path with their own image
+processor. Per family × method × fraction × seed: prune the units (every kind of the
+family, ``--remove`` of the MACs per image), re-estimate BatchNorm statistics on the
+calibration images, remove the units physically, measure top-1 on the test split; then
+fine-tune the smaller model for one epoch (AdamW, lr 1e-3 cosine, batch 128, on the
+first ``--train-limit`` training images, shuffled by the seed) and measure again.
+Calibration: 10 training images per class (two batches). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from hf_px import recalibrate_batchnorm  # noqa: E402
+from hf_px.checkpoint import load_model  # noqa: E402
+from hf_px.structured import prune_structured, shrink  # noqa: E402
+
+DEFAULT_DIR = Path("~/.cache/hf-px/fmnist-models").expanduser()
+
+
+def load_data(processor, train_limit: int, test_limit: int | None):
+    import datasets
+    from fashion_mnist import FashionMnistMissing, fashion_mnist
+
+    from hf_px.calibration import load_calibration_batches, load_labelled_batches
+
+    try:
+        dd = datasets.DatasetDict(
+            train=fashion_mnist("train", train_limit), test=fashion_mnist("test", test_limit)
+        )
+    except FashionMnistMissing as err:
+        raise SystemExit(f"error: {err}") from None
+    with tempfile.TemporaryDirectory(prefix="bench-structured-") as tmp:
+        dd.save_to_disk(tmp)
+        train = load_labelled_batches(tmp, image_processor=processor, batch_size=128)
+        test = load_labelled_batches(tmp, image_processor=processor, split="test", batch_size=256)
+        calibration = load_calibration_batches(
+            tmp, image_processor=processor, examples_per_class=10, batch_size=50, seed=0
+        )
+    return train, test, calibration
+
+
+@torch.no_grad()
+def accuracy(model, test) -> float:
+    model.eval()
+    correct = total = 0
+    for b in test:
+        pred = model(pixel_values=b["pixel_values"]).logits.argmax(-1)
+        correct += int((pred == b["labels"]).sum())
+        total += len(b["labels"])
+    return correct / total
+
+
+def finetune_epoch(model, train, seed: int, lr: float = 1e-3) -> None:
+    x = torch.cat([b["pixel_values"] for b in train])
+    y = torch.cat([b["labels"] for b in train])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    steps = math.ceil(len(y) / 128)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for i in range(steps):
+        idx = order[i * 128 : (i + 1) * 128]
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=x[idx]).logits, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models-dir", type=Path, default=DEFAULT_DIR)
+    p.add_argument("--families", nargs="+", default=["resnet", "convnext", "vit"])
+    p.add_argument("--methods", nargs="+", default=["px", "l1", "taylor", "random"])
+    p.add_argument("--remove", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--rounds", type=int, default=None, help="default: the method's own")
+    p.add_argument("--train-limit", type=int, default=10000)
+    p.add_argument("--test-limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    missing = [f for f in a.families if not (a.models_dir / f / "config.json").is_file()]
+    if missing:
+        raise SystemExit(
+            f"error: no trained model for {', '.join(missing)} under {a.models_dir} "
+            "(expected <models-dir>/<family>/config.json); train them with "
+            "scripts/train_fmnist_models.py or pass --models-dir"
+        )
+    torch.set_num_threads(a.threads)
+    out = {"settings": {k: str(v) for k, v in vars(a).items()}, "results": []}
+    for family in a.families:
+        dense, processor = load_model(str(a.models_dir / family))
+        dense.eval()
+        train, test, calibration = load_data(processor, a.train_limit, a.test_limit)
+        base = accuracy(dense, test)
+        out["results"].append({"family": family, "method": "dense", "accuracy": base})
+        print(f"{family}: dense {base:.4f}", file=sys.stderr, flush=True)
+        for remove in a.remove:
+            for method in a.methods:
+                for seed in a.seeds:
+                    model = copy.deepcopy(dense)
+                    t0 = time.perf_counter()
+                    res = prune_structured(
+                        model, calibration, remove, method=method, rounds=a.rounds, seed=seed
+                    )
+                    recalibrate_batchnorm(model, calibration)
+                    shrink(model, res.groups, res.kept)
+                    pruned = accuracy(model, test)
+                    prune_s = time.perf_counter() - t0
+                    finetune_epoch(model, train, seed)
+                    row = {
+                        "family": family,
+                        "method": method,
+                        "remove": remove,
+                        "seed": seed,
+                        "removed_macs": res.removed["macs"],
+                        "accuracy_pruned": pruned,
+                        "accuracy_finetuned": accuracy(model, test),
+                        "prune_s": round(prune_s, 1),
+                    }
+                    out["results"].append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Structured pruning: unit scores, the schedule, physical removal, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as t
+from torch import nn
+
+import hf_px
+from hf_px import HfPxError, compute_scores
+from hf_px.checkpoint.structured import UNITS_NAME, load_units, save_structured
+from hf_px.structured import (
+    CostModel,
+    UnitGroup,
+    find_units,
+    prune_structured,
+    score_units,
+    shrink,
+)
+from hf_px.structured.cost import layer_macs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    vit = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    if kind == "vit":
+        model = t.ViTForImageClassification(t.ViTConfig(**vit))
+    elif kind == "deit":
+        model = t.DeiTForImageClassification(t.DeiTConfig(**vit))
+    elif kind == "resnet":
+        cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2], num_labels=3)
+        model = t.ResNetForImageClassification(cfg)
+    elif kind == "resnet-basic":
+        cfg = t.ResNetConfig(
+            embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2], layer_type="basic", num_labels=3
+        )
+        model = t.ResNetForImageClassification(cfg)
+    else:
+        cfg = t.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 2], num_labels=3)
+        model = t.ConvNextForImageClassification(cfg)
+    return model.eval()
+
+
+# the most each tiny model can lose with internal units only (stem/stream convs stay)
+REMOVE = {"vit": 0.4, "deit": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4}
+
+
+def batches(n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"pixel_values": torch.randn(4, 3, 32, 32, generator=g), "labels": torch.arange(4) % 3}
+        for _ in range(n)
+    ]
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(pixel_values=x).logits
+
+
+@pytest.mark.parametrize(
+    "kind,method",
+    [
+        ("vit", "px"),
+        ("deit", "px"),
+        ("resnet", "px"),
+        ("resnet-basic", "px"),
+        ("convnext", "px"),
+        ("vit", "taylor"),
+        ("resnet", "l1"),
+        ("convnext", "random"),
+    ],
+)
+def test_shrunk_model_computes_the_masked_function(kind, method):
+    model = build(kind)
+    data = batches()
+    result = prune_structured(model, data, REMOVE[kind], method=method, rounds=1)
+    x = data[0]["pixel_values"]
+    masked = logits(model, x)
+    shrink(model, result.groups, result.kept)
+    torch.testing.assert_close(logits(model, x), masked, atol=1e-5, rtol=1e-5)
+    # the cost model's prediction is what the smaller model measures
+    assert sum(layer_macs(model, 32).values()) == result.macs[1]
+    assert sum(p.numel() for p in model.parameters()) == result.params[1]
+    assert result.removed["macs"] >= REMOVE[kind]
+    assert all(int(k.sum()) >= 1 for k in result.kept.values())
+    assert result.macs[1] < result.macs[0] and result.params[1] < result.params[0]
+
+
+def test_units_of_each_family():
+    kinds = {k: {g.kind for g in find_units(build(k))} for k in REMOVE}
+    assert kinds == {
+        "vit": {"neurons", "heads"},
+        "deit": {"neurons", "heads"},
+        "resnet": {"channels"},
+        "resnet-basic": {"channels"},
+        "convnext": {"channels"},
+    }
+    resnet = find_units(build("resnet"))
+    assert len(resnet) == 2 * 3  # two internal widths per bottleneck, three blocks
+    with pytest.raises(HfPxError, match="does not exist"):
+        prune_structured(build("resnet"), batches(), 0.1, structure="heads")
+
+
+def test_uniform_gives_equal_widths_and_targets_are_met():
+    model = build("vit")
+    result = prune_structured(model, batches(), 0.3, method="px", rounds=2, uniform=True)
+    counts = result.counts()
+    assert len({counts[g.name] for g in result.groups if g.kind == "neurons"}) == 1
+    assert len({counts[g.name] for g in result.groups if g.kind == "heads"}) == 1
+    params = prune_structured(build("vit"), batches(), 0.3, target="params", method="l1")
+    assert params.removed["params"] >= 0.3
+    with pytest.raises(HfPxError, match="out of reach"):
+        prune_structured(build("resnet"), batches(), 0.9, method="l1")
+    with pytest.raises(HfPxError, match="fraction"):
+        prune_structured(build("vit"), batches(), 50, method="l1")
+
+
+def test_rounds_only_remove():
+    seen = []
+    model = build("convnext")
+    prune_structured(model, batches(), 0.4, method="px", rounds=3, callback=seen.append)
+    costs = [h["macs"] for h in seen]
+    assert costs == sorted(costs, reverse=True) and all(h["macs"] <= h["goal"] for h in seen)
+
+
+class _Net(nn.Module):
+    """conv → act → conv → act → mean → linear (no bias): every path crosses `fc` once."""
+
+    def __init__(self, act: type[nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.act1, self.act2 = act(), act()
+        self.fc = nn.Linear(5, 4, bias=False)
+
+    def forward(self, pixel_values):
+        h = self.act2(self.conv2(self.act1(self.conv1(pixel_values))))
+        return self.fc(h.mean((2, 3)))
+
+
+def _bound(model: nn.Module, data) -> float:
+    """PX's R: it has degree one in the (transformed) classifier weights and this net
+    has no cut to rescale at, so R = Σ of their PX scores (Euler)."""
+    return float(compute_scores(model, data, "px")["fc.weight"].double().sum())
+
+
+@pytest.mark.parametrize("act,group", [(nn.ReLU, "b"), (nn.Identity, "a"), (nn.Identity, "b")])
+def test_px_unit_score_is_the_drop_of_r(act, group):
+    """S_u = ∂R/∂c_u · c_u with c_u on the unit's fan-out θ², and R is affine in c_u:
+    zeroing the fan-out (data side and gates unchanged) lowers R by exactly S_u.
+    Gates are unchanged when nothing downstream is gated (ReLU net, last group) or
+    when the net has no gates (identity activations)."""
+    torch.manual_seed(0)
+    net = _Net(act).double()
+    data = [{"pixel_values": torch.randn(8, 3, 8, 8, dtype=torch.float64)}]
+    groups = [
+        UnitGroup("a", "channels", 6, 1, ("conv1",), ("conv2",)),
+        UnitGroup("b", "channels", 5, 1, ("conv2",), ("fc",)),
+    ]
+    kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    scores = score_units("px", net, data, groups, kept)[group]
+    consumer = {"a": net.conv2, "b": net.fc}[group]
+    r0 = _bound(net, data)
+    for u in range(scores.numel()):
+        probe = copy.deepcopy(net)
+        with torch.no_grad():
+            {"a": probe.conv2, "b": probe.fc}[group].weight[:, u] = 0
+        assert r0 - _bound(probe, data) == pytest.approx(float(scores[u]), rel=1e-9)
+    assert consumer.weight.abs().sum() > 0  # the model itself was not touched
+
+
+def test_taylor_is_the_squared_gate_derivative():
+    """Molchanov's criterion: (∂L/∂c_u · c_u)² per batch for a gate c on the unit's
+    activation, summed over batches; computed independently with a hook."""
+    model = build("vit")
+    data = batches(2)
+    groups = find_units(model, ["neurons"])
+    kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    got = score_units("taylor", model, data, groups, kept)
+    want = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for b in data:
+        gates = {g.name: torch.ones(g.size, requires_grad=True) for g in groups}
+        handles = [
+            model.get_submodule(g.consumers[0]).register_forward_pre_hook(
+                lambda m, args, c=gates[g.name]: (args[0] * c,)
+            )
+            for g in groups
+        ]
+        loss = nn.functional.cross_entropy(
+            model(pixel_values=b["pixel_values"]).logits, b["labels"]
+        )
+        grads = torch.autograd.grad(loss, list(gates.values()))
+        for h in handles:
+            h.remove()
+        for g, grad in zip(groups, grads, strict=True):
+            want[g.name] += grad.double().pow(2)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-12)
+
+
+LOAD_WITHOUT_HF_PX = r"""
+import json, sys, torch, transformers as t
+plain, hooked = sys.argv[1], sys.argv[2]
+assert "hf_px" not in sys.modules
+m = t.AutoModelForImageClassification.from_pretrained(plain).eval()
+x = torch.load(plain + "/x.pt")
+with torch.no_grad():
+    got = m(pixel_values=x).logits
+want = torch.load(plain + "/logits.pt")
+assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+pipe = t.pipeline("image-classification", model=plain)
+from PIL import Image
+import numpy as np
+print("PIPELINE", pipe(Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)))[0]["label"])
+try:
+    t.AutoModelForImageClassification.from_pretrained(hooked)
+except Exception as e:
+    print("REFUSED", type(e).__name__)
+else:
+    print("LOADED SILENTLY")
+assert "hf_px" not in sys.modules
+import hf_px  # after transformers' quantizer registry is loaded: registers at once
+m = t.AutoModelForImageClassification.from_pretrained(hooked)
+print("LOADED WITH HF_PX", sum(p.numel() for p in m.parameters()))
+"""
+
+
+def test_checkpoints_plain_and_hooked(tmp_path):
+    x = batches()[0]["pixel_values"]
+    # uniform ViT: expressible in its config → a plain transformers checkpoint
+    vit = build("vit")
+    res = prune_structured(vit, batches(), 0.3, method="px", rounds=1, uniform=True)
+    want = logits(vit, x)
+    processor = t.ViTImageProcessor(size={"height": 32, "width": 32})
+    plain = save_structured(vit, tmp_path / "plain", res, image_processor=processor)
+    torch.save(x, plain / "x.pt")
+    torch.save(want, plain / "logits.pt")
+    cfg = json.loads((plain / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert cfg["intermediate_size"] == res.counts()["vit.layers.0.mlp"] < 64
+    assert cfg["num_attention_heads"] == res.counts()["vit.layers.0.attention"]
+    assert vit.config.intermediate_size == 64  # the caller's config is left alone
+    # ResNet internal widths: never in its config → the hook layout
+    resnet = build("resnet")
+    res_r = prune_structured(resnet, batches(), 0.1, method="px", rounds=1)
+    want_r = logits(resnet, x)
+    hooked = save_structured(resnet, tmp_path / "hooked", res_r)
+    assert (
+        json.loads((hooked / "config.json").read_text())["quantization_config"]["quant_method"]
+        == "hf_px_structured"
+    )
+    record = load_units(hooked)
+    assert record["layout"] == "hf_px_structured"
+    for g in res_r.groups:
+        kept = torch.nonzero(res_r.kept[g.name]).reshape(-1).tolist()
+        assert record["groups"][g.name]["kept"] == kept
+    # with hf_px imported (this process): loads, same function, and saves back
+    loaded = t.AutoModelForImageClassification.from_pretrained(hooked).eval()
+    torch.testing.assert_close(logits(loaded, x), want_r, atol=1e-5, rtol=1e-5)
+    loaded.save_pretrained(tmp_path / "resaved")
+    again = t.AutoModelForImageClassification.from_pretrained(tmp_path / "resaved").eval()
+    torch.testing.assert_close(logits(again, x), want_r, atol=1e-5, rtol=1e-5)
+    assert "import hf_px" in (hooked / "README.md").read_text()
+    # a fresh process without hf_px: plain loads (and pipeline works), hooked refuses
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_HF_PX, str(plain), str(hooked)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PIPELINE" in proc.stdout and "REFUSED" in proc.stdout, proc.stdout
+    assert f"LOADED WITH HF_PX {res_r.params[1]}" in proc.stdout
+    assert "hf_px_structured_checkpoint" in proc.stdout + proc.stderr  # the marker's hint
+
+
+@pytest.mark.parametrize("kind", ["convnext", "vit", "deit"])
+def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
+    model = build(kind)
+    data = batches()
+    res = prune_structured(model, data, 0.4, method="px", rounds=1)
+    counts = res.counts()
+    assert len(set(counts.values())) > 1  # widths differ per layer: not config-expressible
+    want = logits(model, data[0]["pixel_values"])
+    out = save_structured(model, tmp_path / kind, res)
+    assert (out / UNITS_NAME).is_file()
+    loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in loaded.parameters()) == res.params[1]
+
+
+def test_uniform_deit_is_a_plain_checkpoint(tmp_path):
+    model = build("deit")
+    data = batches()
+    res = prune_structured(model, data, 0.4, method="l1")
+    want = logits(model, data[0]["pixel_values"])
+    out = save_structured(model, tmp_path / "deit", res)
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["head_dim"] == 8
+    assert cfg["num_attention_heads"] < 4 and cfg["intermediate_size"] < 64
+    loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+    assert not getattr(loaded, "is_quantized", False)
+    torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+
+
+def test_cost_model_counts_attention_matmuls():
+    model = build("vit")
+    cost = CostModel(model, find_units(model), 32)
+    linear = sum(v for n, v in layer_macs(model, 32).items() if not n.endswith("attention"))
+    tokens, dim = 17, 32
+    assert cost.macs() == linear + 2 * 2 * tokens * tokens * dim  # two layers, QKᵀ and PV
+    assert hf_px.__version__
+
+
+def test_cli_prune_structured(tmp_path, capsys):
+    """`hf-px prune-structured` on a local model directory: JSON summary, a loadable
+    smaller checkpoint, one-line errors for bad input."""
+    from hf_px.cli.main import run
+
+    src = tmp_path / "src"
+    build("convnext").save_pretrained(src)
+    out = tmp_path / "out"
+    argv = ["prune-structured", str(src), "--remove", "0.3", "--method", "l1"]
+    code = run([*argv, "--output-dir", str(out), "--json", "--quiet", "--no-latency"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layout"] == "hf_px_structured" and summary["removed"]["macs"] >= 0.3
+    loaded = t.AutoModelForImageClassification.from_pretrained(out)
+    assert sum(p.numel() for p in loaded.parameters()) == summary["params"]["after"]
+    assert run([*argv, "--output-dir", str(out), "--structure", "heads", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code = run([*argv, "--output-dir", str(tmp_path / "o2"), "--structure", "heads", "--quiet"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
