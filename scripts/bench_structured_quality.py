@@ -5,7 +5,7 @@
         [--remove 0.25 0.5 0.75] [--seeds 0] [--train-limit 10000] [--threads 2]
 
 The dense models are ``save_pretrained`` directories ``<models-dir>/<family>/`` (made by
-``scripts/train_fmnist_models.py``, issue 21), loaded by path with their own image
+``scripts/train_fmnist_models.py``), loaded by path with their own image
 processor. Per family × method × fraction × seed: prune the units (every kind of the
 family, ``--remove`` of the MACs per image), re-estimate BatchNorm statistics on the
 calibration images, remove the units physically, measure top-1 on the test split; then

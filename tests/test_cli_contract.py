@@ -1,4 +1,4 @@
-"""What a new user hits first (issue 20, part B): the privacy check, --json on errors,
+"""What a new user hits first: the privacy check, --json on errors,
 quiet output, checks before the expensive work, atomic and interruptible writes.
 
 Commands run in subprocesses as a user runs them; Hub ids are served by the local

@@ -1,5 +1,5 @@
 """Models stored in float16/bfloat16: scored, recalibrated, evaluated and trained in
-float32, written back in their own dtype (issue 20, defect 2)."""
+float32, written back in their own dtype."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Calibration, evaluation and fine-tuning labels go through one mapping from the data
-set's class names to the model's `id2label` (issue 20, defect 3)."""
+set's class names to the model's `id2label`."""
 
 from __future__ import annotations
 

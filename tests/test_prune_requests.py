@@ -1,5 +1,5 @@
 """What a prune request means for the weights a model already has at zero, and the
-requests that would prune nothing or everything (issue 20, defects 5 and 9)."""
+requests that would prune nothing or everything."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`--split` names a split the data has, for every source and command, and is checked
-before the model loads (issue 20, defect 6)."""
+before the model loads."""
 
 from __future__ import annotations
 
