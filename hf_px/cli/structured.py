@@ -76,6 +76,8 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=args.batch_size,
             seed=args.seed,
             need_labels=method.needs_labels,
+            # Taylor's loss reads labels: the same class-name → id2label mapping as prune
+            model_config=model.config if method.needs_labels else None,
         )
     image_size = int(batches[0]["pixel_values"].shape[-1])
     evaluation: dict[str, Any] = {}
