@@ -136,7 +136,7 @@ def compute_scores(
         reducer=make_reducer(options.pop("accelerator", None)),
         seed=int(options.pop("seed", 0)),
         round_index=int(options.pop("round_index", 0)),
-        options=options,
+        options=m.options_for(model, options),
     )
     with float32_compute(model):
         return _score(m, ctx, data)
@@ -195,7 +195,8 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
     """
     s, m, scope, seed = cfg.sparsity, get_method(cfg.method), cfg.scope, cfg.seed
     rounds = cfg.rounds if cfg.rounds is not None else m.default_rounds
-    min_density_ratio, method_options = cfg.min_density_ratio, dict(cfg.method_options)
+    min_density_ratio = cfg.min_density_ratio
+    method_options = m.options_for(model, cfg.method_options)
     exclude = list(cfg.exclude)
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)

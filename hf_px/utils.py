@@ -25,6 +25,23 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def loaded_from_checkpoint(model: torch.nn.Module) -> bool:
+    """Whether most of `model`'s weight matrices/kernels (by count) came from a checkpoint.
+
+    ``from_pretrained`` marks every parameter it fills with ``_is_hf_initialized``;
+    ``from_config`` or a model built by hand marks none, and a head re-initialised by
+    ``ignore_mismatched_sizes`` stays unmarked (the body decides). The mark does not
+    survive ``copy.deepcopy``.
+    """
+    sizes = [
+        (p.numel(), bool(getattr(p, "_is_hf_initialized", False)))
+        for p in model.parameters()
+        if p.dim() > 1
+    ]
+    total = sum(n for n, _ in sizes)
+    return total > 0 and 2 * sum(n for n, marked in sizes if marked) >= total
+
+
 def read_json_dict(path: Path) -> dict[str, Any]:
     """The JSON object in `path`, or ``{}`` when it is missing, unreadable or not an object."""
     try:

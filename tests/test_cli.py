@@ -128,8 +128,9 @@ def test_prune_json_is_one_object_with_the_truth(pruned_run):
     assert ev["accuracy_before"] == ev["dense"]["accuracy"]  # the card's flat keys
     assert ev["accuracy_after"] == ev["pruned"]["accuracy"]
     assert {"load_s", "prune_s", "save_s", "total_s"} <= set(s["timings"])
-    # per phase of the pruning (px: data side, kernel net, threshold)
-    assert {"scoring_data_s", "scoring_kernel_s", "threshold_s"} <= set(s["timings"])
+    # per phase of the pruning (px on trained weights: form fisher, its data side; threshold)
+    assert s["px_form"]["form"] == "fisher"
+    assert {"scoring_data_s", "threshold_s"} <= set(s["timings"])
     assert s["size_on_disk_bytes"] > 0
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "preprocessor_config.json").is_file()
@@ -265,6 +266,21 @@ def test_config_built_vit_on_an_image_folder_layerwise_bitmask(tmp_path, capsys,
     assert info["size_bytes"] < 0.5 * 4 * info["num_elements"]
 
 
+@pytest.mark.parametrize("flag,form", [([], "fisher"), (["--px-form", "bound"], "bound")])
+def test_px_form_follows_the_loaded_weights_and_is_said(tmp_path, capsys, in_process, flag, form):
+    model_dir = tmp_path / "tiny-vit"
+    _save_tiny_vit(model_dir)
+    data = _digits_folder(tmp_path, per_class=2, classes=3)
+    out = tmp_path / "out"
+    argv = ["prune", str(model_dir), "--sparsity", "0.5", "--rounds", "2", "--dataset"]
+    argv += [str(data), "--examples-per-class", "2", "--output-dir", str(out), "--json", *flag]
+    assert in_process(argv) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["px_form"]["form"] == form
+    assert ("checkpoint" in s["px_form"]["why"]) == (not flag)
+    assert json.loads((out / "pruning_config.json").read_text())["method_options"]["form"] == form
+
+
 # -- errors, as a new user meets them ----------------------------------------------------------
 def test_sparsity_given_as_percent(tmp_path):
     proc = hfpx("prune", "px-digits-resnet", "--sparsity", "90", cwd=tmp_path)
@@ -337,6 +353,11 @@ def test_usage_error_in_a_subprocess_is_one_line(tmp_path):
             "--px-refresh",
         ),
         (["prune", "m", "--sparsity", "0.9", "--px-refresh", "often"], "'every' or a fraction"),
+        (
+            ["prune", "m", "--sparsity", "0.9", "--px-form", "fisher", "--method", "snip"],
+            "--px-form",
+        ),
+        (["prune", "m", "--sparsity", "0.9", "--px-form", "exact"], "invalid choice"),
         (["prune", "m", "--sparsity", "0.9", "--private"], "--push-to-hub"),
         (["prune", "m", "--sparsity", "0.9", "--eval-split", "test"], "--eval"),
         (["prune", "m", "--sparsity", "1e-9x"], "expected a number"),

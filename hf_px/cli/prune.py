@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import calibration, distributed
 from ..config import SCOPES
-from ..methods import METHODS, px
+from ..methods import METHODS, px, pxtrained
 from ..pruning import check_request
 from . import common, output, parsing
 from .resolve import (
@@ -49,10 +49,11 @@ def _check_args(args: argparse.Namespace) -> Path:
         args.px_norm is not None and args.method != "px",
         f"--px-norm only applies to --method px (got --method {args.method}); drop --px-norm",
     )
-    common.error_if(
-        args.px_refresh is not None and args.method != "px",
-        f"--px-refresh only applies to --method px (got --method {args.method}); drop it",
-    )
+    for flag in ("refresh", "form", "attn"):
+        common.error_if(
+            getattr(args, f"px_{flag}") is not None and args.method != "px",
+            f"--px-{flag} only applies to --method px (got --method {args.method}); drop it",
+        )
     common.error_if(
         bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
         "--eval-dataset/--eval-split/--eval-samples only apply with --eval; add --eval",
@@ -224,6 +225,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
         "model": args.model,
         "output_dir": str(out_dir),
         "method": result.config.method,
+        "px_form": dict(zip(("form", "why"), getattr(args, "px_form_used", ()), strict=False)),
         "rounds": result.config.rounds,
         "scope": result.config.scope,
         "requested_sparsity": args.sparsity,
@@ -253,6 +255,12 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
         options["norm"] = args.px_norm
     if args.px_refresh is not None:
         options["refresh"] = args.px_refresh
+    if args.px_attn is not None:
+        options["attn"] = args.px_attn
+    if args.px_form not in (None, "auto"):
+        options["form"] = args.px_form
+    if args.method == "px":  # the summary says which PX: the default follows the weights
+        args.px_form_used = px.form_choice(model, options)
     if args.min_density_ratio is not None:
         options["min_density_ratio"] = args.min_density_ratio
     refreshes = [0]
@@ -292,7 +300,8 @@ def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc:
 def _print_summary(s: dict[str, Any]) -> None:
     say, pct = output.say, output.pct
     rounds = f"{s['rounds']} round{'s' if s['rounds'] != 1 else ''}"
-    say(f"pruned {s['model']} with {s['method']} ({rounds}, {s['scope']})")
+    form = f", form {s['px_form']['form']}: {s['px_form']['why']}" if s.get("px_form") else ""
+    say(f"pruned {s['model']} with {s['method']} ({rounds}, {s['scope']}{form})")
     say(
         f"  sparsity: {pct(s['sparsity'])} of {s['num_prunable']:,} prunable weights "
         f"(requested {pct(s['requested_sparsity'])}); "
@@ -378,6 +387,18 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         choices=px.NORM_MODES,
         help="PX LayerNorm/GroupNorm treatment in the auxiliary nets "
         f"(default: {px.DEFAULTS['norm']})",
+    )
+    p.add_argument(
+        "--px-form",
+        choices=("auto", *pxtrained.FORMS),
+        help="PX score: 'bound' = the paper's NTK-trace bound, 'fisher' = per-sample "
+        "output-gradient form for trained networks, 'paths' = per-class logit form "
+        "(default auto: fisher when the weights were loaded from a checkpoint, else bound)",
+    )
+    p.add_argument(
+        "--px-attn",
+        choices=("sum", "mean"),
+        help="PX bound: attention's path weights summed over keys or averaged (default: sum)",
     )
     p.add_argument(
         "--px-refresh",

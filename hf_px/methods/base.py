@@ -83,6 +83,9 @@ class Method:
     ``needs_data``: the scores depend on the calibration images. ``needs_sample``:
     data-free (SynFlow feeds ones) but still needs one batch for the input shape.
     ``label``/``short_label``/``citation`` are what the model card prints.
+    ``resolve_options(model, options)``: the options with the defaults that depend on
+    the model filled in (px: ``form`` from whether the weights are trained), called
+    once per prune before the first round; what it returns is what the run records.
     """
 
     name: str
@@ -94,6 +97,12 @@ class Method:
     needs_data: bool = True
     needs_sample: bool = False
     default_rounds: int = 1
+    resolve_options: Callable[[nn.Module, dict[str, Any]], dict[str, Any]] | None = None
+
+    def options_for(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` with the model-dependent defaults filled in (a copy)."""
+        options = dict(options)
+        return self.resolve_options(model, options) if self.resolve_options else options
 
     @property
     def needs_batches(self) -> bool:

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
-from ..utils import all_kept, count_kept
+from ..utils import all_kept, count_kept, loaded_from_checkpoint
 from . import auxnets, pxtrained
 from .auxnets import AuxState
 from .base import (
@@ -380,6 +380,41 @@ def _drift(old: _DataSide, new: _DataSide) -> float:
     return min(2.0, max(0.0, 1.0 - cos))
 
 
+#: options only the bound (``form="bound"``) reads; with one of them set, ``form`` defaults
+#: to the bound whatever the weights
+BOUND_OPTIONS = ("bn", "norm", "qk", "attn", "cut_scale", "keep_classifier")
+
+
+def form_choice(model: nn.Module, options: dict[str, Any]) -> tuple[str, str]:
+    """(form, why) for these options: the one given, else ``"fisher"`` for a model whose
+    weights were loaded from a checkpoint (a trained function: docs/method.md §10 says
+    why, and the benchmark that chose it), else the paper's ``"bound"`` (a freshly
+    initialised model, or a bound-only option given)."""
+    form = options.get("form")
+    if form not in (None, "auto"):
+        bound_only = [k for k in BOUND_OPTIONS if options.get(k) is not None]
+        if form != "bound" and bound_only:
+            raise HfPxError(
+                f"px option(s) {', '.join(bound_only)} apply to form='bound' only, not "
+                f"form={form!r}; drop them or use form='bound'"
+            )
+        return str(form), "given"
+    bound_only = [k for k in BOUND_OPTIONS if options.get(k) is not None]
+    if bound_only:
+        return "bound", f"bound-only option(s) {', '.join(bound_only)} given"
+    if loaded_from_checkpoint(model):
+        return "fisher", "weights loaded from a checkpoint: a trained model"
+    return "bound", "weights not loaded from a checkpoint: an initialised model"
+
+
+def resolve_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with ``form`` decided (:func:`form_choice`), logged once."""
+    form, why = form_choice(model, options)
+    if why != "given":
+        logger.info("px: form=%r (%s)", form, why)
+    return {**options, "form": form}
+
+
 def options(ctx: ScoringContext) -> tuple[str, str, str]:
     """(bn, norm, qk) modes, defaults from :data:`DEFAULTS`, checked."""
     bn_mode = ctx.options.get("bn") or DEFAULTS["bn"]
@@ -413,6 +448,8 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     (:data:`OWN_STATISTICS`) and a warning, once per prune; options the caller set
     explicitly are never replaced (the overflow is then an error)."""
     form = ctx.options.get("form") or "bound"
+    if form == "auto":
+        form = form_choice(ctx.model, ctx.options)[0]
     if form not in pxtrained.FORMS:
         raise HfPxError(
             f"px option form={form!r} is unknown; use one of {', '.join(pxtrained.FORMS)}"
@@ -686,4 +723,5 @@ METHOD = Method(
     label="PX (Path eXclusion)",
     short_label="PX",
     default_rounds=100,
+    resolve_options=resolve_options,
 )
