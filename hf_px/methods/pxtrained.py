@@ -41,9 +41,14 @@ FORMS = ("bound", "paths", "fisher")
 DEFAULT_FISHER_CLASSES = 8
 
 
+#: per-sample gradients are formed and squared in float64: a score that is 0 in exact
+#: arithmetic (cancelling paths) must not come out as float32 round-off
+GRAD_DTYPE = torch.float64
+
+
 def _per_sample_grad(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, *weight.shape) per-sample gradients of ``module.weight``, float64."""
-    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    """(N, *weight.shape) per-sample gradients of ``module.weight``, in ``GRAD_DTYPE``."""
+    a, b = a.detach().to(GRAD_DTYPE), b.detach().to(GRAD_DTYPE)
     n = a.shape[0]
     if isinstance(module, nn.Linear):
         return torch.einsum(
@@ -60,7 +65,9 @@ def _per_sample_grad(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tor
     out_ch = module.weight.shape[0]
     cols = cols.reshape(n, g, -1, cols.shape[-1])
     bb = b.reshape(n, g, out_ch // g, -1)
-    grad = torch.einsum("ngol,ngil->ngoi", bb, cols)
+    grad = torch.bmm(
+        bb.reshape(n * g, out_ch // g, -1), cols.reshape(n * g, -1, cols.shape[-1]).transpose(1, 2)
+    )
     return grad.reshape(n, *module.weight.shape)
 
 
@@ -70,10 +77,16 @@ CHUNK_ELEMENTS = 2**25
 
 
 def _accumulate(acc, modules, calls, grads, weight) -> None:
-    """acc[name] += Σ_n w_n (Σ_calls per-sample gradient_n)², samples in chunks."""
+    """acc[name] += Σ_n w_n (Σ_calls per-sample gradient_n)², samples in chunks.
+
+    √w_n scales the output gradient before the outer product (w ≥ 0), so the square
+    is the weighted one; squares are summed in float64."""
     by_name: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    root = None if weight is None else weight.detach().to(GRAD_DTYPE).clamp_min(0).sqrt()
     for (name, a, _), b in zip(calls, grads, strict=True):
         if b is not None:
+            if root is not None:
+                b = b.detach().to(GRAD_DTYPE) * root.view(-1, *([1] * (b.dim() - 1)))
             by_name.setdefault(name, []).append((a, b))
     for name, pairs in by_name.items():
         module = modules[name]
@@ -81,12 +94,10 @@ def _accumulate(acc, modules, calls, grads, weight) -> None:
         step = max(1, CHUNK_ELEMENTS // module.weight.numel())
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            g = sum(_per_sample_grad(module, a[lo:hi], b[lo:hi]) for a, b in pairs)
-            sq = g.pow(2)
-            if weight is not None:
-                w = weight[lo:hi].to(torch.float64)
-                sq = sq * w.view(-1, *([1] * (sq.dim() - 1)))
-            acc[name] += sq.sum(0)
+            g = _per_sample_grad(module, pairs[0][0][lo:hi], pairs[0][1][lo:hi])
+            for a, b in pairs[1:]:
+                g += _per_sample_grad(module, a[lo:hi], b[lo:hi])
+            acc[name] += g.square_().sum(0, dtype=torch.float64)
 
 
 @dataclass
