@@ -15,56 +15,12 @@ from typing import Any
 import torch
 
 from .errors import HfPxError
-from .utils import first_line
+from .refs import local_files
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "pruning_config.json"
 REPORT_NAME = "sparsity_report.json"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def local_files(
-    ref: str | os.PathLike,
-    patterns: list[str],
-    *,
-    revision: str | None = None,
-    token: str | bool | None = None,
-) -> Path:
-    """A local directory holding `ref`'s files that match `patterns`.
-
-    A directory is used as it is; a Hub model id is fetched through
-    `huggingface_hub` (only the matching files, into the normal cache, so it
-    works offline for a cached repo). Which of the files exist is the caller's
-    to check.
-    """
-    path = Path(os.fspath(ref)).expanduser()
-    if path.is_dir():
-        return path
-    text = os.fspath(ref)
-    if path.exists() or text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
-        raise HfPxError(f"{text} is not a directory or a Hub model id; check the path")
-    from huggingface_hub import errors, snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(text, revision=revision, token=token, allow_patterns=patterns)
-        )
-    except errors.RepositoryNotFoundError:
-        raise HfPxError(
-            f"no model {text!r} on the Hub (or it is private); check the id or set HF_TOKEN"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise HfPxError(f"{text!r} has no revision {revision!r}; check --revision") from None
-    except errors.LocalEntryNotFoundError:
-        raise HfPxError(
-            f"{text!r} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE?); "
-            "download it once online, or pass a local directory"
-        ) from None
-    except (errors.HfHubHTTPError, OSError) as err:
-        raise HfPxError(
-            f"cannot download {text!r} from the Hub ({first_line(err)}); retry later"
-        ) from None
 
 
 SCOPES = ("global", "layerwise")

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
-from ..config import CONFIG_NAME, REPORT_NAME, PruningConfig, PruningResult, local_files
+from ..config import CONFIG_NAME, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError
+from ..refs import local_files
 from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
 from .quantizer import INDEX_SUFFIX

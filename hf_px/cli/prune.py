@@ -15,13 +15,13 @@ from .. import calibration, distributed
 from ..config import SCOPES
 from ..methods import METHODS, px
 from ..pruning import check_request
+from ..refs import public_name
 from . import common, output, parsing
 from .resolve import (
     default_output_dir,
     is_shipped,
     load,
     model_name,
-    public_name,
     resolve,
     size_on_disk,
     source_info,

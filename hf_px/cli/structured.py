@@ -16,8 +16,9 @@ import torch
 
 from .. import calibration
 from ..checkpoint import check_output_dir
+from ..refs import public_name
 from . import common, output, parsing
-from .resolve import is_shipped, load, model_name, public_name
+from .resolve import is_shipped, load, model_name
 
 STRUCTURES = ("auto", "channels", "neurons", "heads")
 
