@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import HfPxError
+from ..utils import env_flag
 
 MAGIC = b"HPX1"
 VERSION = 1
@@ -65,7 +66,7 @@ except ImportError:  # built without a C compiler: numpy decoding
 
 def native_decoder():
     """The native kernels module, or None (not built, or ``HF_PX_PURE_PYTHON_DECODE=1``)."""
-    if os.environ.get("HF_PX_PURE_PYTHON_DECODE", "").strip().lower() in ("1", "true", "yes"):
+    if env_flag("HF_PX_PURE_PYTHON_DECODE"):
         return None
     return _NATIVE
 
