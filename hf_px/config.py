@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from .errors import HfPxError
+from .methods import get_method  # the registry is the list of valid method names
 from .refs import local_files
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,7 @@ class PruningConfig:
     hf_px_version: str = ""
 
     def __post_init__(self) -> None:
-        from .methods import get_method  # the registry is the list of valid names
-
         if not self.hf_px_version:
-            from . import __version__
-
             self.hf_px_version = __version__
         if not isinstance(self.method, str):
             raise HfPxError(f"method must be a name such as 'px', got {self.method!r}")

@@ -17,7 +17,8 @@ from transformers import AutoModelForImageClassification
 
 import hf_px
 from hf_px import HfPxError, HfPxFailure, save_pruned
-from hf_px.checkpoint import inspect_checkpoint, load_model
+from hf_px.checkpoint import inspect_checkpoint
+from hf_px.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -53,7 +53,7 @@ from ..masks.check import check_masks
 from ..refs import check_no_local_paths, local_dir, scrub_paths
 from ..utils import SAFE_INDEX_NAME, weight_files
 from . import bitmask
-from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
+from .constants import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 from .state import write_masks
 
 logger = logging.getLogger(__name__)

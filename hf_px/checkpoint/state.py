@@ -33,7 +33,7 @@ from ..errors import HfPxError
 from ..refs import local_files
 from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
-from .quantizer import INDEX_SUFFIX
+from .constants import INDEX_SUFFIX
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import signal
 import sys
 import threading
 
-from .. import __version__
 from ..errors import HfPxError
 from ..utils import env_flag
+from ..version import __version__
 from . import env_cmd, evaluate, finetune, inspect_cmd, output, parsing, prune, push, structured
 from .parsing import PROG
 

@@ -244,7 +244,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
 
 
 def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc: Any):
-    from .. import prune
+    from ..pruning import prune
 
     options: dict[str, Any] = {}
     if args.px_bn is not None:

@@ -42,8 +42,8 @@ def latency_ms(model: Any, image_size: int, runs: int = 5) -> float:
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any]:
-    from .. import recalibrate_batchnorm
     from ..checkpoint.structured import save_structured
+    from ..pruning import recalibrate_batchnorm
     from ..structured import METHODS, prune_structured, shrink
 
     t_start = time.perf_counter()
