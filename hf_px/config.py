@@ -26,7 +26,6 @@ REPORT_NAME = "sparsity_report.json"
 
 
 SCOPES = ("global", "layerwise")
-SCHEDULES = ("exponential",)
 # the collapse guard of hf_px.masks.threshold: no tensor below this x the target density
 DEFAULT_MIN_DENSITY_RATIO = 0.1
 
@@ -67,7 +66,6 @@ class PruningConfig:
     sparsity: float = 0.9
     rounds: int | None = None
     scope: str = "global"
-    schedule: str = "exponential"
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
     min_density_ratio: float = DEFAULT_MIN_DENSITY_RATIO
@@ -87,8 +85,6 @@ class PruningConfig:
             raise HfPxError(f"rounds must be a positive integer, got {self.rounds!r}")
         if self.scope not in SCOPES:
             raise HfPxError(f"unknown scope {self.scope!r}; choose 'global' or 'layerwise'")
-        if self.schedule not in SCHEDULES:
-            raise HfPxError(f"unknown schedule {self.schedule!r}; hf-px prunes on 'exponential'")
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude or [])
@@ -123,15 +119,16 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
-        """Keys this version does not know (a newer hf-px wrote them) warn and are dropped."""
+        """Keys this version does not know (another hf-px version wrote them: a newer one's
+        options, an older one's retired fields such as ``schedule``) warn and are dropped."""
         if not isinstance(data, dict):
             raise HfPxError(f"a pruning config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             logger.warning(
-                "ignoring pruning-config keys %s unknown to this hf-px (written by a newer "
-                "version?); upgrade hf-px to use them",
+                "ignoring pruning-config keys %s unknown to this hf-px (written by another "
+                "version); upgrade hf-px if a newer one wrote them",
                 unknown,
             )
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -175,14 +172,6 @@ class PruningConfig:
             )
         config = cls.from_json(path.read_text())
         return dataclasses.replace(config, **kwargs) if kwargs else config
-
-    # the original names, kept for existing callers
-    def save(self, directory: str | os.PathLike) -> Path:
-        return self.save_pretrained(directory)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> PruningConfig:
-        return cls.from_pretrained(directory)
 
     def merged(self, **overrides: Any) -> PruningConfig:
         """A copy with every override that is not None applied (``method_options``

@@ -72,10 +72,6 @@ def get_adapter(model: nn.Module) -> Adapter:
     return Adapter()
 
 
-def registered_model_types() -> list[str]:
-    return sorted(ADAPTERS)
-
-
 __all__ = [
     "REFUSED",
     "Adapter",
@@ -86,5 +82,4 @@ __all__ = [
     "get_adapter",
     "register_adapter",
     "refusal",
-    "registered_model_types",
 ]

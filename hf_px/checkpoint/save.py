@@ -111,7 +111,7 @@ def save_pruned(
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
         try:
-            result.config.save(tmp)
+            result.config.save_pretrained(tmp)
             record = result.report()
             if evaluation:  # the figures a later fine-tune compares with
                 record["evaluation"] = {

@@ -126,7 +126,7 @@ def load_pruning(
         raise HfPxError(
             f"{model_dir_or_id} has no {CONFIG_NAME}; pass a checkpoint written by hf_px.save_pruned"
         )
-    config = PruningConfig.load(root)
+    config = PruningConfig.from_pretrained(root)
     report = _read_report(root)
     if (root / MASKS_NAME).is_file():
         masks = read_masks(root / MASKS_NAME)
