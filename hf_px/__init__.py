@@ -6,16 +6,15 @@ Public API — everything else may change::
     from hf_px import save_pruned, load_pruning
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import (  # noqa: E402  (also registers the bitmask loader, lazily)
+from .checkpoint import (  # also registers the bitmask loader, lazily
     load_pruning,
     save_pruned,
 )
-from .config import PruningConfig, PruningResult  # noqa: E402
-from .errors import HfPxError, HfPxFailure  # noqa: E402
-from .methods import METHODS  # noqa: E402
-from .pruning import compute_scores, prune, recalibrate_batchnorm  # noqa: E402
+from .config import PruningConfig, PruningResult
+from .errors import HfPxError, HfPxFailure
+from .methods import METHODS
+from .pruning import compute_scores, prune, recalibrate_batchnorm
+from .version import __version__
 
 __all__ = [
     "METHODS",

@@ -15,60 +15,17 @@ from typing import Any
 import torch
 
 from .errors import HfPxError
-from .utils import first_line
+from .methods import get_method  # the registry is the list of valid method names
+from .refs import local_files
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "pruning_config.json"
 REPORT_NAME = "sparsity_report.json"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def local_files(
-    ref: str | os.PathLike,
-    patterns: list[str],
-    *,
-    revision: str | None = None,
-    token: str | bool | None = None,
-) -> Path:
-    """A local directory holding `ref`'s files that match `patterns`.
-
-    A directory is used as it is; a Hub model id is fetched through
-    `huggingface_hub` (only the matching files, into the normal cache, so it
-    works offline for a cached repo). Which of the files exist is the caller's
-    to check.
-    """
-    path = Path(os.fspath(ref)).expanduser()
-    if path.is_dir():
-        return path
-    text = os.fspath(ref)
-    if path.exists() or text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
-        raise HfPxError(f"{text} is not a directory or a Hub model id; check the path")
-    from huggingface_hub import errors, snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(text, revision=revision, token=token, allow_patterns=patterns)
-        )
-    except errors.RepositoryNotFoundError:
-        raise HfPxError(
-            f"no model {text!r} on the Hub (or it is private); check the id or set HF_TOKEN"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise HfPxError(f"{text!r} has no revision {revision!r}; check --revision") from None
-    except errors.LocalEntryNotFoundError:
-        raise HfPxError(
-            f"{text!r} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE?); "
-            "download it once online, or pass a local directory"
-        ) from None
-    except (errors.HfHubHTTPError, OSError) as err:
-        raise HfPxError(
-            f"cannot download {text!r} from the Hub ({first_line(err)}); retry later"
-        ) from None
 
 
 SCOPES = ("global", "layerwise")
-SCHEDULES = ("exponential",)
 # the collapse guard of hf_px.masks.threshold: no tensor below this x the target density
 DEFAULT_MIN_DENSITY_RATIO = 0.1
 
@@ -109,7 +66,6 @@ class PruningConfig:
     sparsity: float = 0.9
     rounds: int | None = None
     scope: str = "global"
-    schedule: str = "exponential"
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
     min_density_ratio: float = DEFAULT_MIN_DENSITY_RATIO
@@ -119,11 +75,7 @@ class PruningConfig:
     hf_px_version: str = ""
 
     def __post_init__(self) -> None:
-        from .methods import get_method  # the registry is the list of valid names
-
         if not self.hf_px_version:
-            from . import __version__
-
             self.hf_px_version = __version__
         if not isinstance(self.method, str):
             raise HfPxError(f"method must be a name such as 'px', got {self.method!r}")
@@ -133,8 +85,6 @@ class PruningConfig:
             raise HfPxError(f"rounds must be a positive integer, got {self.rounds!r}")
         if self.scope not in SCOPES:
             raise HfPxError(f"unknown scope {self.scope!r}; choose 'global' or 'layerwise'")
-        if self.schedule not in SCHEDULES:
-            raise HfPxError(f"unknown schedule {self.schedule!r}; hf-px prunes on 'exponential'")
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude or [])
@@ -169,15 +119,16 @@ class PruningConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
-        """Keys this version does not know (a newer hf-px wrote them) warn and are dropped."""
+        """Keys this version does not know (another hf-px version wrote them: a newer one's
+        options, an older one's retired fields such as ``schedule``) warn and are dropped."""
         if not isinstance(data, dict):
             raise HfPxError(f"a pruning config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             logger.warning(
-                "ignoring pruning-config keys %s unknown to this hf-px (written by a newer "
-                "version?); upgrade hf-px to use them",
+                "ignoring pruning-config keys %s unknown to this hf-px (written by another "
+                "version); upgrade hf-px if a newer one wrote them",
                 unknown,
             )
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -221,14 +172,6 @@ class PruningConfig:
             )
         config = cls.from_json(path.read_text())
         return dataclasses.replace(config, **kwargs) if kwargs else config
-
-    # the original names, kept for existing callers
-    def save(self, directory: str | os.PathLike) -> Path:
-        return self.save_pretrained(directory)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> PruningConfig:
-        return cls.from_pretrained(directory)
 
     def merged(self, **overrides: Any) -> PruningConfig:
         """A copy with every override that is not None applied (``method_options``

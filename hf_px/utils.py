@@ -19,10 +19,18 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def env_flag(name: str) -> bool:
+    """A boolean environment variable, read at call time (tests and users may set it
+    after import): 1/true/yes/on in any case is set, anything else is not."""
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
 def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it, but at call time (tests and
-    users may set it after import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def loaded_from_checkpoint(model: torch.nn.Module) -> bool:

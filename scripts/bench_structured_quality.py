@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from hf_px import recalibrate_batchnorm  # noqa: E402
-from hf_px.checkpoint import load_model  # noqa: E402
+from hf_px.loading import load_model  # noqa: E402
 from hf_px.structured import prune_structured, shrink  # noqa: E402
 
 DEFAULT_DIR = Path("~/.cache/hf-px/fmnist-models").expanduser()

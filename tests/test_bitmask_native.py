@@ -1,4 +1,5 @@
-"""The native decoder (`hf_px.checkpoint._bitmask_ext`) against the numpy one.
+"""The native decoder (`hf_px.checkpoint._bitmask_ext`) against the numpy one, and the
+fallback to numpy when it is not built (logged once).
 
 Both must give the same bits for every code, dtype, shape and split into parts;
 a corrupt index must raise HfPxError (never crash, never read out of bounds);
@@ -245,3 +246,16 @@ def test_decoding_works_in_a_forked_child(decoder):
             pytest.fail("decoding hung in the forked child")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_missing_native_build_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(bitmask, "_NATIVE", None)
+    monkeypatch.setattr(bitmask, "_fallback_logged", False)
+    monkeypatch.delenv("HF_PX_PURE_PYTHON_DECODE", raising=False)
+    t = sparse((64, 33), 0.1, torch.float32, seed=1)
+    values, index = bitmask.encode(t)
+    with caplog.at_level("INFO", logger="hf_px.checkpoint.bitmask"):
+        assert torch.equal(bits(bitmask.decode(values, index)), bits(t))
+        assert bitmask.native_decoder() is None
+    fallback = [r for r in caplog.records if "not built" in r.getMessage()]
+    assert len(fallback) == 1 and fallback[0].levelname == "INFO"

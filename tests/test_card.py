@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 import hf_px
-from hf_px.card import CHART_NAME, count_macs, looks_like_hub_id, template_path, write_card
+from hf_px.card import CHART_NAME, count_macs, template_path, write_card
 from hf_px.errors import HfPxError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -240,30 +240,6 @@ def test_local_source_keeps_hub_origin_and_leaks_no_path(tmp_path):
     path = write_card(out, model=model, result=result, source={"local_path": str(src)})
     assert ModelCard.load(path).data.base_model is None
     assert "base_model" not in path.read_text()
-
-
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        ("google/vit-base-patch16-224", True),
-        ("facebook/convnext-tiny-224", True),
-        ("/abs/path/model", False),
-        ("./model", False),
-        ("~/models/vit", False),
-        ("../x/y", False),
-        ("a/b/c", False),
-        ("vit", False),
-        (None, False),
-    ],
-)
-def test_looks_like_hub_id(value, expected):
-    assert looks_like_hub_id(value) is expected
-
-
-def test_existing_relative_dir_is_not_a_hub_id(tmp_path, monkeypatch):
-    (tmp_path / "ckpts" / "vit").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    assert not looks_like_hub_id("ckpts/vit")
 
 
 def test_macs_match_the_hand_count():

@@ -17,7 +17,8 @@ from transformers import AutoModelForImageClassification
 
 import hf_px
 from hf_px import HfPxError, HfPxFailure, save_pruned
-from hf_px.checkpoint import inspect_checkpoint, load_model
+from hf_px.checkpoint import inspect_checkpoint
+from hf_px.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +184,7 @@ def test_directory_contents_and_records(tmp_path):
     out = save_pruned(model, tmp_path / "out", result, image_processor=proc, card=False)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
-    assert hf_px.PruningConfig.load(out) == result.config
+    assert hf_px.PruningConfig.from_pretrained(out) == result.config
     report = json.loads((out / "sparsity_report.json").read_text())
     assert report["num_pruned"] == result.num_pruned
     assert "README.md" not in names

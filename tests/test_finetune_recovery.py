@@ -18,8 +18,8 @@ from conftest import load_script
 
 from hf_px import prune, recalibrate_batchnorm
 from hf_px.calibration import digits_dataset, load_labelled_batches
-from hf_px.checkpoint import load_model
 from hf_px.evaluation import evaluate
+from hf_px.loading import load_model
 from hf_px.training import finetune
 
 ROOT = Path(__file__).resolve().parent.parent

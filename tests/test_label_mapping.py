@@ -12,10 +12,10 @@ import torch
 
 from hf_px import load_pruning
 from hf_px.calibration import load_calibration_batches, load_labelled_batches
-from hf_px.checkpoint import load_model
 from hf_px.cli.main import run
 from hf_px.cli.resolve import SHIPPED
 from hf_px.errors import HfPxError
+from hf_px.loading import load_model
 
 
 def _digit_folder(root: Path, classes=(3, 5, 7), per_class: int = 6) -> Path:

@@ -200,8 +200,8 @@ def test_config_round_trips_json(tmp_path):
     assert cfg.rounds == 1 and cfg.exclude == ["classifier"]
     again = PruningConfig.from_json(cfg.to_json())
     assert again == cfg
-    cfg.save(tmp_path)
-    assert PruningConfig.load(tmp_path) == cfg
+    cfg.save_pretrained(tmp_path)
+    assert PruningConfig.from_pretrained(tmp_path) == cfg
     assert json.loads((tmp_path / "pruning_config.json").read_text())["method"] == "magnitude"
     assert not any("classifier" in n for n in result.masks)
 

@@ -8,11 +8,12 @@ from typing import Any
 from torch import nn
 
 from ..errors import HfPxError
+from . import families  # noqa: F401  (registers the built-in families)
 from .base import Adapter, Attention, Gate, Norm
+from .registry import ADAPTERS, register_adapter
 
 logger = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, type[Adapter]] = {}
 _warned: set[str] = set()
 
 #: image-classification model types hf-px refuses up front, and why (one clause each)
@@ -50,12 +51,6 @@ def check_supported(model_or_config: Any) -> None:
         )
 
 
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    for model_type in cls.model_types:
-        _REGISTRY[model_type] = cls
-    return cls
-
-
 def get_adapter(model: nn.Module) -> Adapter:
     """The adapter for `model`'s family; the generic one (warned once) otherwise.
 
@@ -65,8 +60,8 @@ def get_adapter(model: nn.Module) -> Adapter:
     check_supported(model)
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type in _REGISTRY:
-        return _REGISTRY[model_type]()
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type]()
     if model_type is not None and model_type not in _warned:
         _warned.add(model_type)
         logger.warning(
@@ -76,12 +71,6 @@ def get_adapter(model: nn.Module) -> Adapter:
         )
     return Adapter()
 
-
-def registered_model_types() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-from . import families  # noqa: E402,F401  (registers the built-in families)
 
 __all__ = [
     "REFUSED",
@@ -93,5 +82,4 @@ __all__ = [
     "get_adapter",
     "register_adapter",
     "refusal",
-    "registered_model_types",
 ]

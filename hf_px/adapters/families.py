@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import register_adapter
 from .base import Adapter
+from .registry import register_adapter
 
 
 @register_adapter

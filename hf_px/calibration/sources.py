@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HfPxError
+from ..refs import is_local
 from ..utils import hub_offline
 
 DEFAULT_DATASET = "sklearn-digits"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
@@ -180,8 +180,7 @@ def open_dataset(
             return ds.to_iterable_dataset() if streaming else ds
         _check_image_folder(path, split)
         return _load(datasets, ref, "imagefolder", None, split, bool(streaming), data_dir=str(path))
-    looks_local = ref.startswith((".", "/", "~")) or "\\" in ref or not _HUB_ID.match(ref)
-    if looks_local:
+    if is_local(ref):
         raise HfPxError(
             f"no such dataset directory {ref!r}; check the path "
             "(or give a Hub dataset id such as 'cifar10' or 'user/name')"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from ..calibration import image_size_of
 from ..config import FORMATS, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
+from ..refs import is_local, last_component, looks_like_hub_id
 from ..utils import read_json_dict
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ CHART_NAME = "layer_density.png"
 TEMPLATE_NAME = "pruned_model_card.md"
 
 _PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
-
-# NAMESPACE/NAME as the Hub spells ids (huggingface_hub.utils.validate_repo_id's alphabet)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[A-Za-z0-9][\w.\-]{0,95}")
 
 
 def load_line(load_id: str) -> str:
@@ -237,15 +234,6 @@ def card_metadata(context: dict[str, Any]):
     )
 
 
-def looks_like_hub_id(value: Any) -> bool:
-    """NAMESPACE/NAME that is not also a local path (a relative dir can look like an id)."""
-    if not isinstance(value, str) or not _HUB_ID.fullmatch(value):
-        return False
-    if value.startswith((".", "~")) or ".." in value or value.endswith((".git", ".")):
-        return False
-    return not os.path.exists(value)
-
-
 def resolve_base_model(source: dict[str, Any], model: nn.Module) -> str | None:
     """The Hub id the pruned model derives from, or None; never a local path.
 
@@ -307,8 +295,8 @@ def _display_name(value: Any) -> str | None:
     text = str(value)
     if looks_like_hub_id(text):
         return text
-    if os.sep in text or "/" in text or text.startswith("~") or os.path.exists(text):
-        name = Path(text.rstrip("/\\")).name or "local data"
+    if "/" in text or is_local(text):
+        name = last_component(text) or "local data"
         return f"local folder `{name}`"
     return text
 

@@ -6,7 +6,6 @@
 ``bitmask`` checkpoints on load.
 """
 
-from ..loading import load_model  # the source-model loader, kept importable from here
 from .inspect import inspect_checkpoint
 from .quantizer import install as _install
 from .save import FORMATS, check_output_dir, save_pruned
@@ -19,7 +18,6 @@ __all__ = [
     "MASKS_NAME",
     "check_output_dir",
     "inspect_checkpoint",
-    "load_model",
     "load_pruning",
     "save_pruned",
 ]

@@ -34,6 +34,7 @@ same bits.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -45,6 +46,9 @@ import numpy as np
 import torch
 
 from ..errors import HfPxError
+from ..utils import env_flag
+
+logger = logging.getLogger(__name__)
 
 MAGIC = b"HPX1"
 VERSION = 1
@@ -59,14 +63,26 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 try:
     from . import _bitmask_ext as _NATIVE
-except ImportError:  # built without a C compiler: numpy decoding
+except ImportError:  # not built (no GCC-compatible compiler at install): numpy decoding
     _NATIVE = None
+_fallback_logged = False
 
 
 def native_decoder():
-    """The native kernels module, or None (not built, or ``HF_PX_PURE_PYTHON_DECODE=1``)."""
-    if os.environ.get("HF_PX_PURE_PYTHON_DECODE", "").strip().lower() in ("1", "true", "yes"):
+    """The native kernels module, or None (not built, or ``HF_PX_PURE_PYTHON_DECODE=1``).
+
+    A missing build is logged once per process, at the first decode that asks: numpy
+    gives the same bits, only slower, so it is news rather than a warning.
+    """
+    global _fallback_logged
+    if env_flag("HF_PX_PURE_PYTHON_DECODE"):
         return None
+    if _NATIVE is None and not _fallback_logged:
+        _fallback_logged = True
+        logger.info(
+            "the native bitmask decoder (hf_px.checkpoint._bitmask_ext) is not built; "
+            "decoding with numpy (same bits, slower; reinstall hf-px with GCC or Clang present)"
+        )
     return _NATIVE
 
 

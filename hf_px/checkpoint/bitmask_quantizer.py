@@ -1,6 +1,6 @@
 """The transformers classes of the `hf_px_bitmask` quantization method.
 
-Imported only by :func:`hf_px.checkpoint.quantizer.register`, once transformers'
+Imported only by :func:`hf_px.checkpoint.quantizer.register` (the registry), once transformers'
 quantizer registry exists, so ``import hf_px`` stays cheap; that module explains
 how a `bitmask` checkpoint loads, and how it fails without hf-px.
 """
@@ -17,7 +17,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import HfPxError
 from .bitmask import decode, decode_in_background
-from .quantizer import FORMAT_VERSION, HINT, INDEX_SUFFIX, QUANT_METHOD
+from .constants import FORMAT_VERSION, HINT, INDEX_SUFFIX, QUANT_METHOD
 
 
 class HfPxBitmaskConfig(QuantizationConfigMixin):

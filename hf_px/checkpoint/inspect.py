@@ -16,7 +16,7 @@ from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
 from ..utils import check_weight_files, read_checkpoint_json, weight_files
 from . import bitmask
-from .quantizer import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
+from .constants import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
 
 _DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16}
 

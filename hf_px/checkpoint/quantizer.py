@@ -22,8 +22,10 @@ weights, and gets that (the report still names hf-px).
 Registration is lazy so that ``import hf_px`` stays cheap: if transformers'
 quantizer registry is already imported it happens at once, otherwise a
 post-import hook runs it when transformers imports that registry (which every
-``from_pretrained`` does before reading ``config.quantization_config``). The classes
-live in :mod:`.bitmask_quantizer`, which only :func:`register` imports.
+``from_pretrained`` does before reading ``config.quantization_config``). This module is
+the registry only: the classes live in :mod:`.bitmask_quantizer` and
+:mod:`.structured_quantizer`, which only :func:`register` imports, and the names on disk in
+:mod:`.constants`, which neither side imports from the other.
 """
 
 from __future__ import annotations
@@ -35,29 +37,15 @@ import sys
 import threading
 from typing import Any
 
+from .constants import QUANT_METHOD
+
 logger = logging.getLogger(__name__)
 
-QUANT_METHOD = "hf_px_bitmask"
-FORMAT_VERSION = 1
-INDEX_SUFFIX = "_hfpx_index"
-HINT = "pip install hf-px, then import hf_px before from_pretrained"
-# Stored as a 1-byte tensor: its name shows up in plain transformers' load report.
-MARKER_KEY = f"hf_px_bitmask_checkpoint: {HINT}"
 _REGISTRY_MODULE = "transformers.quantizers.auto"
 
 # re-entrant: importing the registry below runs the post-import hook, which registers
 _lock = threading.RLock()
 _registered = False
-
-
-def quantization_config_dict() -> dict[str, Any]:
-    """What `save_pruned` writes under ``config.json``'s ``quantization_config``."""
-    return {
-        "quant_method": QUANT_METHOD,
-        "format": "bitmask",
-        "version": FORMAT_VERSION,
-        "requires": HINT,
-    }
 
 
 def register() -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import getpass
 import json
 import logging
 import os
@@ -51,14 +50,13 @@ from ..card import write_card
 from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..masks.check import check_masks
+from ..refs import check_no_local_paths, local_dir, scrub_paths
 from ..utils import SAFE_INDEX_NAME, weight_files
 from . import bitmask
-from .quantizer import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
+from .constants import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
 from .state import write_masks
 
 logger = logging.getLogger(__name__)
-
-_TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".csv")
 
 
 def save_pruned(
@@ -98,10 +96,10 @@ def save_pruned(
 
     # absolute paths in the run's own records would leak the machine's layout
     result = dataclasses.replace(
-        result, config=PruningConfig.from_dict(_scrub_paths(result.config.to_dict()))
+        result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
     )
-    calibration = _scrub_paths(calibration)
-    evaluation = _scrub_paths(evaluation)
+    calibration = scrub_paths(calibration)
+    evaluation = scrub_paths(evaluation)
     parent = target.absolute().parent
     with _new_parents(parent), _staging(parent, target.name) as tmp:
         # transformers writes the checkpoint (original) key names that every version
@@ -113,7 +111,7 @@ def save_pruned(
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
         try:
-            result.config.save(tmp)
+            result.config.save_pretrained(tmp)
             record = result.report()
             if evaluation:  # the figures a later fine-tune compares with
                 record["evaluation"] = {
@@ -137,7 +135,7 @@ def save_pruned(
                 evaluation=evaluation,
                 format=format,
             )
-        _check_no_local_paths(tmp, [target, parent, *_input_dirs(model, source)])
+        check_no_local_paths(tmp, [target, parent, *_input_dirs(model, source)])
         _commit(tmp, target, overwrite)
     logger.info("saved %s checkpoint to %s", format, target)
     return target
@@ -164,8 +162,9 @@ def _input_dirs(model: nn.Module, source: dict[str, Any] | None) -> list[Path]:
     if source:
         names.append(source.get("local_path"))
     for n in names:
-        if n and Path(str(n)).expanduser().is_dir():
-            found.append(Path(str(n)).expanduser().resolve())
+        directory = local_dir(str(n)) if n else None
+        if directory is not None:
+            found.append(directory.resolve())
     return found
 
 
@@ -417,62 +416,3 @@ def _add_quantization_config(directory: Path) -> None:
     config = json.loads(path.read_text())
     config["quantization_config"] = quantization_config_dict()
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-# ---------------------------------------------------------------- card, privacy
-
-
-def _scrub_paths(value: Any) -> Any:
-    """Absolute or home-relative path strings → their last component, recursively."""
-    if isinstance(value, dict):
-        return {k: _scrub_paths(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub_paths(v) for v in value)
-    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
-        return Path(value).name
-    return value
-
-
-# a URL names a path on a server, not on this machine (file:// URLs excepted)
-_URL = re.compile(r"(?<![\w.+-])(?!file:)[A-Za-z][\w+.-]*://[^\s\"'<>()\[\]`]*")
-_PATH_START = r"(?<![\w.\-/\\~])"  # a path begins a token: not inside an id, URL or name
-_NAME_END = r"(?![\w.\-])"  # ... and a name ends where the next component would begin
-
-
-def _local_path_leak(text: str, paths: set[str], user: str) -> str | None:
-    """The local path or user name `text` names as a path, or None.
-
-    The user name counts as a path component (``/data/alice/…``, ``C:\\Users\\alice``,
-    ``~alice``), never as a Hub namespace (``alice/model``, ``huggingface.co/alice/…``).
-    """
-    text = _URL.sub(" ", text)
-    for p in sorted(paths, key=len, reverse=True):
-        if re.search(_PATH_START + re.escape(p) + _NAME_END, text):
-            return p
-    if user:
-        component = rf"(?:(?:[A-Za-z]:)?[/\\](?:[^\s\"'`<>|]*?[/\\])?|~){re.escape(user)}"
-        if re.search(_PATH_START + component + _NAME_END, text):
-            return user
-    return None
-
-
-def _check_no_local_paths(directory: Path, paths: list[Path]) -> None:
-    """No written text file may name a local directory or the user."""
-    needles = {str(p.absolute()) for p in paths} | {str(p.resolve()) for p in paths}
-    needles.add(str(Path.home()))
-    # short strings ("/a") would match ordinary text ("n/a")
-    needles = {n for n in needles if len(n) >= 4}
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = ""
-    user = user if len(user) >= 3 else ""
-    for f in sorted(directory.rglob("*")):
-        if not f.is_file() or f.suffix not in _TEXT_SUFFIXES:
-            continue
-        found = _local_path_leak(f.read_text(errors="replace"), needles, user)
-        if found is not None:
-            raise HfPxFailure(
-                f"{f.name} would contain a local path or user name ({found!r}); nothing was "
-                "written — pass Hub ids or relative names instead of local paths"
-            )

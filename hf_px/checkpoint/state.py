@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
-from ..config import CONFIG_NAME, REPORT_NAME, PruningConfig, PruningResult, local_files
+from ..config import CONFIG_NAME, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError
+from ..refs import local_files
 from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
-from .quantizer import INDEX_SUFFIX
+from .constants import INDEX_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def load_pruning(
         raise HfPxError(
             f"{model_dir_or_id} has no {CONFIG_NAME}; pass a checkpoint written by hf_px.save_pruned"
         )
-    config = PruningConfig.load(root)
+    config = PruningConfig.from_pretrained(root)
     report = _read_report(root)
     if (root / MASKS_NAME).is_file():
         masks = read_masks(root / MASKS_NAME)

@@ -12,6 +12,7 @@ from typing import Any
 from .. import calibration, distributed
 from ..checkpoint import check_output_dir, save_pruned
 from ..hub import check_push_target, push_to_hub
+from ..refs import local_dir
 from . import output
 from .resolve import resolve, size_on_disk
 
@@ -42,8 +43,8 @@ def check_destination(args: Any, out_dir: Path, inputs: list[str | None]) -> Non
     reachable in principle (``--push-to-hub``: id, not offline, a token)."""
     dirs = []
     for ref in inputs:
-        path = Path(resolve(ref)).expanduser() if ref else None
-        if path is not None and path.is_dir():
+        path = local_dir(resolve(ref)) if ref else None
+        if path is not None:
             dirs.append(path.resolve())
     check_output_dir(out_dir, args.overwrite, dirs)
     if getattr(args, "push_to_hub", None):

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
+from ..refs import public_name
 from ..training import OPTIMIZERS
 from ..utils import read_json_dict
 from . import common, output, parsing
-from .resolve import load, model_name, public_name, size_on_disk, source_info
+from .resolve import load, model_name, size_on_disk, source_info
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ import signal
 import sys
 import threading
 
-from .. import __version__
 from ..errors import HfPxError
+from ..utils import env_flag
+from ..version import __version__
 from . import env_cmd, evaluate, finetune, inspect_cmd, output, parsing, prune, push, structured
 from .parsing import PROG
 
@@ -67,7 +68,7 @@ def _fail(message: str, code: int, as_json: bool, *, interrupted: bool = False) 
 
 
 def _wants_debug(argv: list[str]) -> bool:
-    return "--debug" in argv or os.environ.get("HF_PX_DEBUG", "") not in ("", "0")
+    return "--debug" in argv or env_flag("HF_PX_DEBUG")
 
 
 class Terminated(KeyboardInterrupt):

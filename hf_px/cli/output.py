@@ -23,11 +23,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..utils import env_flag
+
 _STATE: dict[str, Any] = {"quiet": False, "main": True, "completed": {}, "restore": []}
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_main_by_env() -> bool:
@@ -46,7 +44,7 @@ class _BarSafeHandler(logging.StreamHandler):
 
 
 def setup(*, quiet: bool, debug: bool) -> None:
-    _STATE["quiet"] = quiet or _env_flag("HF_PX_DISABLE_PROGRESS_BARS")
+    _STATE["quiet"] = quiet or env_flag("HF_PX_DISABLE_PROGRESS_BARS")
     _STATE["main"] = _is_main_by_env()
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     if not _STATE["main"]:

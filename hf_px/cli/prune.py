@@ -15,13 +15,13 @@ from .. import calibration, distributed
 from ..config import SCOPES
 from ..methods import METHODS, px, pxtrained
 from ..pruning import check_request
+from ..refs import public_name
 from . import common, output, parsing
 from .resolve import (
     default_output_dir,
     is_shipped,
     load,
     model_name,
-    public_name,
     resolve,
     size_on_disk,
     source_info,
@@ -246,7 +246,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
 
 
 def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc: Any):
-    from .. import prune
+    from ..pruning import prune
 
     options: dict[str, Any] = {}
     if args.px_bn is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..loading import load_model
+from ..refs import is_local
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # short names for the models hf-px ships (usable wherever MODEL is expected)
@@ -57,21 +58,10 @@ def load(reference: str, args: Any = None) -> tuple[Any, Any]:
 
 def source_info(reference: str) -> dict[str, str]:
     """``{"model_id"}`` for a Hub id, ``{"local_path"}`` for a folder (never in files)."""
-    path = Path(resolve(reference)).expanduser()
-    if path.exists():
-        return {"local_path": str(path)}
+    resolved = resolve(reference)
+    if is_local(resolved):
+        return {"local_path": str(Path(resolved).expanduser())}
     return {"model_id": reference}
-
-
-def public_name(reference: str | None) -> str | None:
-    """How a data set or model is named in written files: Hub ids as they are,
-    local paths by their last component only (no local path is ever written)."""
-    if reference is None:
-        return None
-    path = Path(reference).expanduser()
-    if path.exists() or reference.startswith((".", "/", "~")) or "\\" in reference:
-        return path.name or "local"
-    return reference
 
 
 def size_on_disk(path: str | Path) -> int:

@@ -16,8 +16,9 @@ import torch
 
 from .. import calibration
 from ..checkpoint import check_output_dir
+from ..refs import public_name
 from . import common, output, parsing
-from .resolve import is_shipped, load, model_name, public_name
+from .resolve import is_shipped, load, model_name
 
 STRUCTURES = ("auto", "channels", "neurons", "heads")
 
@@ -41,8 +42,8 @@ def latency_ms(model: Any, image_size: int, runs: int = 5) -> float:
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any]:
-    from .. import recalibrate_batchnorm
     from ..checkpoint.structured import save_structured
+    from ..pruning import recalibrate_batchnorm
     from ..structured import METHODS, prune_structured, shrink
 
     t_start = time.perf_counter()

@@ -27,6 +27,7 @@ from typing import Any
 from ..card import retarget_card
 from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError, HfPxFailure
+from ..refs import check_repo_id
 from ..utils import hub_offline, read_json_dict
 
 logger = logging.getLogger(__name__)
@@ -159,15 +160,8 @@ def check_push_target(repo_id: str, *, token: str | None = None) -> None:
     """What a push needs that is knowable before any work: a valid repo id, the Hub
     reachable in principle (not offline) and a token. Makes no request."""
     from huggingface_hub import get_token
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise HfPxError(
-            f"invalid repo id {repo_id!r}; use NAMESPACE/NAME, e.g. my-user/vit-base-px90"
-        ) from None
+    check_repo_id(repo_id)
     if hub_offline():
         raise HfPxError(f"cannot push to {repo_id} while HF_HUB_OFFLINE is set; unset it")
     if token is None and get_token() is None:

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..adapters.base import BATCH_NORM
 from ..errors import HfPxError
-from ..utils import all_kept, count_kept, loaded_from_checkpoint
+from ..utils import all_kept, loaded_from_checkpoint
 from . import auxnets, pxtrained
 from .auxnets import AuxState
 from .base import (
@@ -55,6 +55,7 @@ from .base import (
     model_mode,
     timed,
 )
+from .refresh import DEFAULT_REFRESH, kept_density, refresh_policy
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -298,9 +299,6 @@ def _tie_block_numpy(scores, masks, a) -> None:
         scores[name] = torch.from_numpy(mapped).view_as(s)
 
 
-DEFAULT_REFRESH = 0.3
-
-
 @dataclass
 class _DataSide:
     """What the data net gives a round: all a later round may reuse (see `_data_side`)."""
@@ -312,36 +310,12 @@ class _DataSide:
     qk: dict[str, torch.Tensor] = field(default_factory=dict)  # ∂R/∂W_q,k, float64, all-reduced
 
 
-def refresh_policy(value: Any) -> float | None:
-    """``refresh`` option → None ("every": the paper's full recompute every round) or
-    the fraction f: the data side is recomputed once the kept density has fallen
-    to (1 − f) × its value at the last recompute."""
-    if value in ("every", None) or value == 0:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = math.nan
-    if not 0.0 < f < 1.0:
-        raise HfPxError(
-            f"px option refresh={value!r} is unknown; use 'every' or a fraction in (0, 1) "
-            f"such as {DEFAULT_REFRESH} (recompute the data side when the kept density "
-            "has fallen by that fraction)"
-        )
-    return f
-
-
-def _density(masks: dict[str, torch.Tensor]) -> float:
-    kept = sum(count_kept(m) for m in masks.values())
-    return kept / max(1, sum(m.numel() for m in masks.values()))
-
-
 def _data_side(ctx: ScoringContext, key: tuple, compute) -> _DataSide:
     """The data side of this round: reused from `ctx.cache` while the refresh policy
     allows it, else computed by `compute(density)` and stored. Without a cache (one
     scoring call) or with ``refresh="every"`` it is always computed."""
     policy = refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
-    density = _density(ctx.masks)
+    density = kept_density(ctx.masks)
     cache = ctx.cache
     old = cache.store.get("px") if cache is not None else None
     if (

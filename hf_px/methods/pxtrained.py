@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .base import Batch, ScoringContext, call, hooks, masked_tensors, model_mode, timed
+from .refresh import DEFAULT_REFRESH, kept_density, refresh_policy
 
 FORMS = ("bound", "paths", "fisher")
 DEFAULT_FISHER_CLASSES = 8
@@ -162,11 +163,9 @@ def curvature(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[
 def score(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[str, torch.Tensor]:
     """θ² × the per-sample curvature of ``form``; reused across rounds like PX's data side
     (``refresh``), the θ² factor always from the current masks."""
-    from .px import DEFAULT_REFRESH, _density, refresh_policy
-
     policy = refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
     key = (form, ctx.options.get("fisher_classes"), tuple(b["pixel_values"].shape for b in batches))
-    density = _density(ctx.masks)
+    density = kept_density(ctx.masks)
     cache = ctx.cache
     old = cache.store.get("px_trained") if cache is not None else None
     if (

@@ -1,0 +1,23 @@
+"""The names a `bitmask` checkpoint carries on disk, apart from the writer, the reader and
+the transformers quantizer, so that none of those imports another for a constant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+QUANT_METHOD = "hf_px_bitmask"
+FORMAT_VERSION = 1
+INDEX_SUFFIX = "_hfpx_index"
+HINT = "pip install hf-px, then import hf_px before from_pretrained"
+# Stored as a 1-byte tensor: its name shows up in plain transformers' load report.
+MARKER_KEY = f"hf_px_bitmask_checkpoint: {HINT}"
+
+
+def quantization_config_dict() -> dict[str, Any]:
+    """What `save_pruned` writes under ``config.json``'s ``quantization_config``."""
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": "bitmask",
+        "version": FORMAT_VERSION,
+        "requires": HINT,
+    }
