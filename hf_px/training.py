@@ -196,13 +196,16 @@ def finetune(
     seed: int = 0,
     schedule: str = "cosine",
     max_grad_norm: float | None = 1.0,
+    shuffle: str = "images",
 ) -> dict[str, Any]:
     """Train `model` on `train_batches` for `epochs`, keeping `masks` fixed.
 
-    Cross-entropy on ``model(pixel_values).logits``; the *images* are reshuffled
-    into new batches (of the largest given batch size) each epoch by a generator
-    seeded with `seed`, so batches mix classes even when `train_batches` come
-    class-sorted (as an image folder reads); learning rate constant or cosine
+    Cross-entropy on ``model(pixel_values).logits``; with ``shuffle="images"`` the
+    *images* are reshuffled into new batches (of the largest given batch size) each
+    epoch by a generator seeded with `seed`, so batches mix classes even when
+    `train_batches` come class-sorted (as an image folder reads); ``"batches"`` keeps
+    the given batches and reshuffles only their order (the benchmarks' protocol,
+    for batches already class-mixed); learning rate constant or cosine
     decayed per step to 0 (`schedule`); gradients clipped to `max_grad_norm`
     (None = off) before masking. ``masks=None`` trains densely. The model is
     left in eval mode. Returns ``{"steps", "epochs", "first_loss", "final_loss",
@@ -217,18 +220,13 @@ def finetune(
     """
     batches = list(train_batches)
     _check_batches(batches)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise HfPxError(f"epochs must be a positive integer, got {epochs!r}")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise HfPxError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
-    if schedule not in ("cosine", "constant"):
-        raise HfPxError(f"unknown schedule {schedule!r}; choose 'cosine' or 'constant'")
+    _check_settings(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, shuffle=shuffle
+    )
     bound = bind_masks(model, masks) if masks else []
     opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
     images, labels, batch_size = _pool(batches)
-    n_batches = math.ceil(len(labels) / batch_size)
+    n_batches = math.ceil(len(labels) / batch_size) if shuffle == "images" else len(batches)
     total = epochs * n_batches
     g = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))  # dropout / stochastic depth
@@ -242,13 +240,20 @@ def finetune(
         for epoch in range(epochs):
             # samples, not batches, are shuffled: a class-sorted data set would otherwise
             # give single-class batches, and BatchNorm would train on one class's statistics
-            order = torch.randperm(len(labels), generator=g)
+            if shuffle == "images":
+                steps = [
+                    (images[i], labels[i])
+                    for i in torch.randperm(len(labels), generator=g).split(batch_size)
+                ]
+            else:
+                order = torch.randperm(len(batches), generator=g).tolist()
+                steps = [(batches[i]["pixel_values"], batches[i]["labels"]) for i in order]
             running, n = 0.0, 0
-            for idx in order.split(batch_size):
+            for x, y in steps:
                 if schedule == "cosine":
                     for group in opt.param_groups:
                         group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
-                loss = cross_entropy(logits_of(model(pixel_values=images[idx])), labels[idx])
+                loss = cross_entropy(logits_of(model(pixel_values=x)), y)
                 if not torch.isfinite(loss):
                     raise HfPxError(
                         f"training loss became {loss.item()} at step {step}; lower --lr"
@@ -365,7 +370,12 @@ def trainer_finetune(
     from transformers import Trainer
 
     _check_settings(
-        optimizer, epochs, batch_size, gradient_accumulation_steps, learning_rate, weight_decay
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
     )
     masks = as_masks(masks)
     own_dir = work_dir is None
@@ -428,25 +438,29 @@ def trainer_finetune(
     }
 
 
-def _check_settings(
-    optimizer: str,
-    epochs: int,
-    batch_size: int,
-    gradient_accumulation_steps: int,
-    learning_rate: float,
-    weight_decay: float,
-) -> None:
-    if optimizer not in OPTIMIZERS:
-        raise HfPxError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+#: the values each fine-tuning setting may take, one rule per setting for both loops
+CHOICES = {"schedule": ("cosine", "constant"), "shuffle": ("images", "batches")}
+
+
+def _check_settings(**settings: Any) -> None:
+    """One rule per setting, the error naming it as the caller spells it."""
+    for name, value in settings.items():
+        if name == "optimizer" and value not in OPTIMIZERS:
+            raise HfPxError(f"unknown optimizer {value!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise HfPxError(
+                f"unknown {name} {value!r}; choose {' or '.join(map(repr, CHOICES[name]))}"
+            )
+        if name in ("epochs", "batch_size", "gradient_accumulation_steps") and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             raise HfPxError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(gradient_accumulation_steps, int) or gradient_accumulation_steps < 1:
-        raise HfPxError("gradient_accumulation_steps must be a positive integer")
-    if not (isinstance(learning_rate, int | float) and 0 < learning_rate < math.inf):
-        raise HfPxError(f"learning_rate must be a positive number, got {learning_rate!r}")
-    if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
-        raise HfPxError(f"weight_decay must be a number ≥ 0, got {weight_decay!r}")
+        if name in ("lr", "learning_rate") and not (
+            isinstance(value, int | float) and 0 < value < math.inf
+        ):
+            raise HfPxError(f"{name} must be a positive number, got {value!r}")
+        if name == "weight_decay" and not (isinstance(value, int | float) and value >= 0):
+            raise HfPxError(f"{name} must be a number ≥ 0, got {value!r}")
 
 
 def _training_arguments(work: str, *, optimizer: str, momentum: float, **settings: Any) -> Any:

@@ -311,7 +311,25 @@ def tables(rows) -> str:
                 cells.append(f"{a} → {b}" + ("" if n >= 3 else f" [{n}]"))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
+        out.append(cost_line(fr))
+        out.append("")
     return "\n".join(out)
+
+
+def cost_line(rows) -> str:
+    """Mean pruning seconds per method over the cells of one table, and its ratio to SNIP
+    (same runs, same machine state)."""
+    secs: dict[str, list[float]] = {}
+    for r in rows:
+        if r["method"] != "dense":
+            secs.setdefault(r["method"], []).append(r["prune_s"])
+    snip = statistics.fmean(secs["snip"]) if secs.get("snip") else None
+    parts = []
+    for m, v in sorted(secs.items()):
+        mean = statistics.fmean(v)
+        ratio = f" ({mean / snip:.0f}× snip)" if snip and m != "snip" and mean >= snip else ""
+        parts.append(f"{m} {mean:.1f}{ratio}")
+    return "Pruning seconds, mean over the cells: " + "; ".join(parts) + "."
 
 
 def density_lines(rows, family, sparsity, seed=0, models=None) -> str:
@@ -337,6 +355,10 @@ def density_lines(rows, family, sparsity, seed=0, models=None) -> str:
 
 
 def write_docs(rows, path: Path) -> None:
+    """The tables of the runs on the cached models (``train_fmnist_models.py``'s default
+    root) into `path`; runs on other models (earlier proxies) stay in the JSONL only."""
+    root = tfm.default_root()
+    rows = [r for r in rows if Path(r.get("models", root)) == root]
     text = path.read_text()
     block = f"{BEGIN}\n\n{tables(rows)}\n{END}"
     if BEGIN in text:

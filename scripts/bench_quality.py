@@ -60,11 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from hf_px import prune  # noqa: E402
+from hf_px import prune, training  # noqa: E402
 from hf_px.methods import METHODS as REGISTRY  # noqa: E402
-from hf_px.methods.base import cross_entropy, logits_of  # noqa: E402
 from hf_px.pruning import recalibrate_batchnorm  # noqa: E402
-from hf_px.training import apply_masks, bind_masks, make_optimizer, masked_step  # noqa: E402
 
 DATA = ("fashion-mnist", "digits")
 FAMILIES = ("resnet", "vit", "convnext")
@@ -304,46 +302,22 @@ def accuracy(model, test) -> float:
 def finetune(
     model, masks, batches, *, epochs, lr, optimizer, weight_decay, seed, schedule, max_grad_norm
 ) -> dict:
-    """Masked training on fixed batches, batch order reshuffled each epoch (seeded).
-
-    Built on :mod:`hf_px.training`'s masked step (gradients masked, step, weights
-    and optimiser state re-masked). The library's `finetune` reshuffles images into
-    new batches instead; the benchmark keeps its batches fixed so that rows measured
-    before that change stay comparable (the batches here are already class-mixed).
-    """
-    bound = bind_masks(model, masks) if masks else []
-    opt = make_optimizer(model, optimizer, float(lr), float(weight_decay))
-    total = epochs * len(batches)
-    g = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))
-    apply_masks(bound)
-    model.train()
-    t0 = time.perf_counter()
-    step, losses = 0, []
-    try:
-        for _ in range(epochs):
-            running = 0.0
-            for i in torch.randperm(len(batches), generator=g).tolist():
-                if schedule == "cosine":
-                    for group in opt.param_groups:
-                        group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
-                b = batches[i]
-                loss = cross_entropy(logits_of(model(pixel_values=b["pixel_values"])), b["labels"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                masked_step(opt, model, bound)
-                running, step = running + float(loss.detach()), step + 1
-            losses.append(running / len(batches))
-    finally:
-        model.eval()
-    revived = sum(int(((p != 0) & ~m).sum()) for p, m in bound)
-    return {
-        "final_loss": losses[-1],
-        "train_s": time.perf_counter() - t0,
-        "pruned_weights_nonzero": revived,
-    }
+    """The library's masked fine-tune (:func:`hf_px.training.finetune`) on fixed batches,
+    their order reshuffled each epoch (``shuffle="batches"``): rows measured before the
+    library reshuffled images stay comparable (the batches here are already class-mixed)."""
+    return training.finetune(
+        model,
+        masks or None,
+        batches,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        seed=seed,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
+        shuffle="batches",
+    )
 
 
 def train_recipe(cfg, epochs=None, lr=None) -> dict:

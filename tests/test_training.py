@@ -225,3 +225,27 @@ def test_finetune_shuffles_images_not_just_batches():
     assert all(len(s) > 1 for s in seen)  # every batch mixes classes
     with pytest.raises(HfPxError, match="one image processor"):
         finetune(net, None, [batches[0], {**batches[1], "pixel_values": torch.ones(8, 1, 3, 3)}])
+
+
+def test_finetune_can_keep_the_given_batches_in_a_seeded_order():
+    """``shuffle="batches"`` (the benchmarks' protocol): each step sees one given batch,
+    every batch once per epoch, in an order drawn from the seed."""
+    from conftest import PixelNet
+
+    seen: list[set] = []
+    net = PixelNet(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    net.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(set(kw["pixel_values"][:, 0, 0, 0].tolist())), with_kwargs=True
+    )
+    batches = [
+        {"pixel_values": torch.full((8, 1, 2, 2), float(c)), "labels": torch.full((8,), c)}
+        for c in range(3)
+    ]
+    stats = finetune(net, None, batches, epochs=2, lr=1e-3, seed=0, shuffle="batches")
+    assert stats["steps"] == 6
+    order = [next(iter(s)) for s in seen]
+    assert all(len(s) == 1 for s in seen)  # batches kept whole
+    want = torch.randperm(3, generator=torch.Generator().manual_seed(0)).tolist()
+    assert order[:3] == [float(i) for i in want] and sorted(order[3:]) == [0.0, 1.0, 2.0]
+    with pytest.raises(HfPxError, match="unknown shuffle 'rows'"):
+        finetune(net, None, batches, shuffle="rows")
