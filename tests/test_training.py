@@ -207,8 +207,9 @@ def test_trainer_callback_keeps_masks(tmp_path):
     assert int((pruned_values(other, masks) != 0).sum()) > 100
 
 
-def test_finetune_shuffles_images_not_just_batches():
-    """Class-sorted batches (as an image folder reads) are re-mixed every epoch."""
+def _class_sorted_recorder():
+    """A linear net that records the classes of every batch it sees, and three
+    single-class batches (as an image folder reads)."""
     from conftest import PixelNet
 
     seen: list[set] = []
@@ -220,6 +221,12 @@ def test_finetune_shuffles_images_not_just_batches():
         {"pixel_values": torch.full((8, 1, 2, 2), float(c)), "labels": torch.full((8,), c)}
         for c in range(3)
     ]
+    return net, seen, batches
+
+
+def test_finetune_shuffles_images_not_just_batches():
+    """Class-sorted batches (as an image folder reads) are re-mixed every epoch."""
+    net, seen, batches = _class_sorted_recorder()
     stats = finetune(net, None, batches, epochs=2, lr=1e-3, seed=0)
     assert stats["steps"] == 6 and len(seen) == 6
     assert all(len(s) > 1 for s in seen)  # every batch mixes classes
@@ -230,17 +237,7 @@ def test_finetune_shuffles_images_not_just_batches():
 def test_finetune_can_keep_the_given_batches_in_a_seeded_order():
     """``shuffle="batches"`` (the benchmarks' protocol): each step sees one given batch,
     every batch once per epoch, in an order drawn from the seed."""
-    from conftest import PixelNet
-
-    seen: list[set] = []
-    net = PixelNet(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    net.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(set(kw["pixel_values"][:, 0, 0, 0].tolist())), with_kwargs=True
-    )
-    batches = [
-        {"pixel_values": torch.full((8, 1, 2, 2), float(c)), "labels": torch.full((8,), c)}
-        for c in range(3)
-    ]
+    net, seen, batches = _class_sorted_recorder()
     stats = finetune(net, None, batches, epochs=2, lr=1e-3, seed=0, shuffle="batches")
     assert stats["steps"] == 6
     order = [next(iter(s)) for s in seen]
