@@ -77,6 +77,7 @@ def save_pruned(
     evaluation: dict[str, Any] | None = None,
     card: bool = True,
     max_shard_size: int | str = "5GB",
+    repo_id: str | None = None,
 ) -> Path:
     """Write `model` (pruned by `result`) as a Hugging Face model directory; returns its path.
 
@@ -85,7 +86,9 @@ def save_pruned(
     `output_dir` is replaced only with ``overwrite=True``; the directory the
     model was loaded from is never written. ``source`` (``{"model_id",
     "local_path"}``), ``calibration`` and ``evaluation`` are passed to the model
-    card. Raises :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
+    card; ``repo_id``, the Hub repo the folder will be pushed to when known, is what
+    the card's loading snippet loads (else the folder itself, ``"."``). Raises
+    :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
     """
     if format not in FORMATS:
         raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
@@ -143,6 +146,7 @@ def save_pruned(
                 calibration=calibration,
                 evaluation=evaluation,
                 format=format,
+                repo_id=repo_id,
             )
         check_no_local_paths(tmp, [target, parent, *_input_dirs(model, source)])
         _commit(tmp, target, overwrite)
