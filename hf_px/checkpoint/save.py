@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card import write_card
+from ..card import Evaluation, write_card
 from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..masks.check import check_masks
@@ -74,7 +74,7 @@ def save_pruned(
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
+    evaluation: Evaluation | dict[str, Any] | None = None,
     card: bool = True,
     max_shard_size: int | str = "5GB",
     repo_id: str | None = None,
@@ -107,7 +107,9 @@ def save_pruned(
         result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
     )
     calibration = scrub_paths(calibration)
-    evaluation = scrub_paths(evaluation)
+    if evaluation is not None:  # one spelling from here on (card, report)
+        as_dict = evaluation.to_dict() if isinstance(evaluation, Evaluation) else evaluation
+        evaluation = Evaluation.from_mapping(scrub_paths(as_dict))
     parent = target.absolute().parent
     with _new_parents(parent), _staging(parent, target.name) as tmp:
         # transformers writes the checkpoint (original) key names that every version
@@ -123,10 +125,8 @@ def save_pruned(
         try:
             result.config.save_pretrained(tmp)
             record = result.report()
-            if evaluation:  # the figures a later fine-tune compares with
-                record["evaluation"] = {
-                    k: v for k, v in evaluation.items() if isinstance(v, str | int | float)
-                }
+            if evaluation is not None and evaluation.to_dict():
+                record["evaluation"] = evaluation.to_dict()  # what a later fine-tune compares
             report = json.dumps(record, indent=2, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise HfPxError(
