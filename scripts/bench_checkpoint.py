@@ -6,7 +6,8 @@ formats. Prints JSON: per model and sparsity the weight-file bytes of each
 format, the information bound (pruned weights: non-zero values at their dtype
 + H(density) bits per element; every other tensor at its dense size), the ratios, the codes chosen, and ``from_pretrained`` wall and CPU
 times (best and median of ``--repeats``, runs interleaved, same process) in
-two states of the page cache:
+two states of the page cache, and the masks' own bytes (``bitmask_with_masks_*``: weight
+files plus ``pruning_masks.safetensors`` where one is written):
 
 * warm: the files are in memory (just written or read). transformers maps a
   dense safetensors file zero-copy, so a warm dense "load" copies no weight
@@ -42,7 +43,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 import hf_px  # noqa: E402
-from hf_px.checkpoint import bitmask, inspect_checkpoint  # noqa: E402
+from hf_px.checkpoint import MASKS_NAME, bitmask, inspect_checkpoint  # noqa: E402
 
 
 def build(name: str):
@@ -158,6 +159,11 @@ def main() -> None:
                     )
                     save_s[fmt] = time.perf_counter() - t0
                 size = {fmt: inspect_checkpoint(d)["size_bytes"] for fmt, d in dirs.items()}
+                # what the masks cost on top (a dense checkpoint's masks file; none for bitmask)
+                masks = {
+                    fmt: (d / MASKS_NAME).stat().st_size if (d / MASKS_NAME).is_file() else 0
+                    for fmt, d in dirs.items()
+                }
                 info = inspect_checkpoint(dirs["bitmask"])
                 bound, bound_encoded = bound_bytes(info)
                 encoded = [t for t in info["tensors"].values() if t["storage"] != "dense"]
@@ -180,6 +186,13 @@ def main() -> None:
                     "bitmask_bytes": size["bitmask"],
                     "bound_bytes": round(bound),
                     "bitmask_over_bound": round(size["bitmask"] / bound, 4),
+                    "masks_file_bytes": masks,
+                    "bitmask_with_masks_over_bound": round(
+                        (size["bitmask"] + masks["bitmask"]) / bound, 4
+                    ),
+                    "bitmask_with_masks_over_dense": round(
+                        (size["bitmask"] + masks["bitmask"]) / size["dense"], 4
+                    ),
                     "bitmask_over_dense": round(size["bitmask"] / size["dense"], 4),
                     "bound_over_dense": round(bound / size["dense"], 4),
                     "encoded_tensors_bitmask_over_bound": round(stored_encoded / bound_encoded, 4),

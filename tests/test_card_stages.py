@@ -65,3 +65,21 @@ def test_evaluation_names_the_split_and_shows_three_stages(tmp_path):
     # the model-index reports the latest stage
     head = text.split("---")[1]
     assert "value: 0.9" in head and "name: test" in head.lower() or "split: test" in head
+
+
+def test_an_evaluation_record_and_either_spelling_give_one_card(tmp_path):
+    """`hf-px prune --eval`'s `*_before`/`*_after` and the record's stage names are read in
+    one place: the same figures give the same card, and the report records one spelling."""
+    from hf_px.card import Evaluation
+
+    net, result = _net_and_result()
+    common = {"dataset": "digits-test", "split": "test", "num_samples": 450}
+    old = {**common, "accuracy_before": 0.99, "accuracy_after": 0.5, "loss_after": 1.5}
+    record = Evaluation(**common, accuracy_dense=0.99, accuracy_pruned=0.5, loss_pruned=1.5)
+    assert Evaluation.from_mapping(old) == record
+    texts = [
+        write_card(tmp_path / str(i), model=net, result=result, evaluation=ev).read_text()
+        for i, ev in enumerate((old, record, record.to_dict()))
+    ]
+    assert texts[0] == texts[1] == texts[2]
+    assert "| 99.00% | 50.00% (1.5000) |" in texts[0]

@@ -460,6 +460,11 @@ def test_prune_push_to_hub_then_push_and_inspect_a_hub_id(tmp_path):
         s = _one_json(pruned.stdout)
         assert "alice/digits-px50" in s["pushed_to"] and "push_s" in s["timings"]
         assert server.state.repos["alice/digits-px50"].private
+        # the card was written once, naming the repo: the Hub holds the local file as it is
+        local_card = (tmp_path / s["output_dir"] / "README.md").read_bytes()
+        assert b'model_id = "alice/digits-px50"' in local_card
+        hub_files = server.state.repos["alice/digits-px50"].resolve("main").files
+        assert hub_files["README.md"] == local_card
         # what was uploaded is what was written
         seen = hfpx("inspect", "alice/digits-px50", "--json", cwd=tmp_path, env=env)
         assert seen.returncode == 0, seen.stderr[-2000:]

@@ -11,7 +11,7 @@ import torch
 from conftest import make_batches, tiny_resnet, tiny_vit
 
 import hf_px
-from hf_px.checkpoint import MASKS_NAME
+from hf_px.checkpoint import MASKS_NAME, inspect_checkpoint
 from hf_px.checkpoint.state import decode_masks, encode_masks
 from hf_px.errors import HfPxError
 
@@ -58,7 +58,8 @@ def pruned():
 def test_save_then_load_pruning_gives_the_masks_config_and_report(pruned, tmp_path, fmt):
     model, result, name, kept = pruned
     out = hf_px.save_pruned(model, tmp_path / fmt, result, format=fmt)
-    assert (out / MASKS_NAME).is_file()
+    # a bitmask index codes its mask: the positions are stored once
+    assert (out / MASKS_NAME).is_file() == (fmt == "dense")
     loaded = hf_px.load_pruning(out)
     assert isinstance(loaded, hf_px.PruningResult)
     assert list(loaded.masks) == list(result.masks)
@@ -67,8 +68,80 @@ def test_save_then_load_pruning_gives_the_masks_config_and_report(pruned, tmp_pa
     assert loaded.masks[name].reshape(-1)[kept]  # kept, although its weight is 0
     assert loaded.config == result.config
     assert loaded.report() == json.loads((out / "sparsity_report.json").read_text())
-    weights = sum(f.stat().st_size for f in out.glob("model*.safetensors"))
-    assert (out / MASKS_NAME).stat().st_size < 0.25 * weights  # headers dominate at this size
+    if fmt == "dense":
+        weights = sum(f.stat().st_size for f in out.glob("model*.safetensors"))
+        assert (out / MASKS_NAME).stat().st_size < 0.25 * weights  # headers dominate here
+
+
+def test_a_kept_zero_weight_survives_a_bitmask_round_trip(pruned, tmp_path):
+    """The index lists kept positions, not non-zero ones: the zero is stored, so both the
+    mask and the weights come back exactly, and inspect counts the zero."""
+    from transformers import AutoModelForImageClassification
+
+    model, result, name, kept = pruned
+    out = hf_px.save_pruned(model, tmp_path / "b", result, format="bitmask")
+    assert torch.equal(hf_px.load_pruning(out).masks[name], result.masks[name])
+    back = AutoModelForImageClassification.from_pretrained(out)
+    for n, p in model.state_dict().items():
+        assert torch.equal(back.state_dict()[n], p), n
+    info = inspect_checkpoint(out)["tensors"][name]
+    assert info["zeros"] == int((~result.masks[name]).sum()) + 1
+
+
+def test_bitmask_masks_of_renamed_keys_come_from_the_indices(tmp_path):
+    """transformers stores ViT weights under their original names (`...attention.query`
+    for `...q_proj`): the indices still code the masks, and no masks file is written."""
+    model = tiny_vit()
+    result = hf_px.prune(model, make_batches(), 0.9, method="magnitude")
+    out = hf_px.save_pruned(model, tmp_path / "b", result, format="bitmask")
+    assert not (out / MASKS_NAME).exists()
+    loaded = hf_px.load_pruning(out)
+    assert list(loaded.masks) == list(result.masks)
+    for n, m in result.masks.items():
+        assert torch.equal(loaded.masks[n], m), n
+
+
+def test_a_mask_the_weights_cannot_code_goes_to_the_masks_file(pruned, tmp_path):
+    """A -0.0 where the mask prunes must stay bit-exact, so that weight is coded by its
+    non-zero bits and its mask alone goes to the masks file; the others stay in the index."""
+    model, result, name, kept = pruned
+    other = next(n for n in result.masks if n != name)
+    param = dict(model.named_parameters())[other]
+    at = (~result.masks[other]).reshape(-1).nonzero()[0, 0]
+    with torch.no_grad():
+        param.view(-1)[at] = -0.0
+    try:
+        out = hf_px.save_pruned(model, tmp_path / "b", result, format="bitmask")
+    finally:
+        with torch.no_grad():
+            param.view(-1)[at] = 0.0
+    from hf_px.checkpoint.state import read_masks
+
+    assert list(read_masks(out / MASKS_NAME)) == [other]
+    loaded = hf_px.load_pruning(out)
+    assert list(loaded.masks) == list(result.masks)
+    for n, m in result.masks.items():
+        assert torch.equal(loaded.masks[n], m), n
+
+
+def _strip_masks_from_indices(out):
+    """Rewrite a bitmask checkpoint as an older hf-px wrote it: indices of the non-zero
+    elements, no masks named in the metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hf_px.checkpoint import bitmask
+    from hf_px.checkpoint.constants import INDEX_SUFFIX, MASKS_METADATA
+
+    for path in out.glob("model*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata())
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        for key in [k for k in tensors if k + INDEX_SUFFIX in tensors]:
+            dense = bitmask.decode(tensors[key], tensors[key + INDEX_SUFFIX])
+            tensors[key], tensors[key + INDEX_SUFFIX] = bitmask.encode(dense)
+        metadata.pop(MASKS_METADATA)
+        save_file(tensors, str(path), metadata=metadata)
 
 
 @pytest.mark.parametrize("fmt", ["dense", "bitmask"])
@@ -77,7 +150,10 @@ def test_old_checkpoint_without_masks_falls_back_to_zeros_with_a_warning(
 ):
     model, result, name, kept = pruned
     out = hf_px.save_pruned(model, tmp_path / fmt, result, format=fmt)
-    (out / MASKS_NAME).unlink()
+    if fmt == "dense":
+        (out / MASKS_NAME).unlink()
+    else:
+        _strip_masks_from_indices(out)
     zeros = {n: p.detach() != 0 for n, p in model.named_parameters() if n in result.masks}
     for kwargs in ({}, {"model": model}):
         caplog.clear()
@@ -194,6 +270,7 @@ def test_load_pruning_from_the_hub(tmp_path):
         assert got["masks"][n] == m.reshape(-1).tolist(), n
     assert got["config"] == json.loads(result.config.to_json()) == got["from_pretrained"]
     assert got["report"] == json.loads(json.dumps(result.report()))
-    # only what load_pruning needs was downloaded, not the weights
+    # a bitmask checkpoint's masks are its weights' indices: no masks file to fetch
     snap = list((tmp_path / "fresh").glob("hub/models--alice--tiny-vit-masks/snapshots/*"))
-    assert snap and not (snap[0] / "model.safetensors").exists()
+    assert snap and (snap[0] / "model.safetensors").exists()
+    assert not (snap[0] / MASKS_NAME).exists()

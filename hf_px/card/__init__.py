@@ -8,9 +8,12 @@ from .build import (
     template_path,
     write_card,
 )
+from .records import Evaluation, FinetuneRecipe
 
 __all__ = [
     "CHART_NAME",
+    "Evaluation",
+    "FinetuneRecipe",
     "README_NAME",
     "count_macs",
     "retarget_card",

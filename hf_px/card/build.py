@@ -31,6 +31,7 @@ from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
 from ..refs import is_local, last_component, looks_like_hub_id
 from ..utils import read_json_dict
+from .records import Evaluation, FinetuneRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def write_card(
     result: PruningResult,
     source: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
+    evaluation: Evaluation | dict[str, Any] | None = None,
     format: str = "dense",  # noqa: A002 (mirrors the CLI's --format)
     repo_id: str | None = None,
 ) -> Path:
@@ -76,11 +77,11 @@ def write_card(
     `source`: ``{"model_id": Hub id or None, "local_path": path or None,
     "license": optional}``. `calibration`: ``{"dataset": Hub id or name,
     "num_samples": int, "split": ...}`` (defaults to ``result.config.calibration``).
-    `evaluation`: ``{"dataset", "split", "num_samples"}`` and the accuracy/loss of
-    the stages measured — ``accuracy_before``/``accuracy_after`` (dense, pruned:
-    `hf-px prune --eval`) or ``accuracy_dense``/``accuracy_pruned``/``accuracy_finetuned``
-    (`hf-px finetune`), same for ``loss_*``; it adds a ``model-index`` with the latest. `repo_id`, when the
-    caller knows where the folder will be pushed, goes into the loading snippet.
+    `evaluation`: an :class:`Evaluation` (or a dict :meth:`Evaluation.from_mapping`
+    reads: ``{"dataset", "split", "num_samples"}`` and ``accuracy_dense``/``_pruned``/
+    ``_finetuned``, same for ``loss_*``); it adds a ``model-index`` with the latest
+    stage. `repo_id`, when the caller knows where the folder will be pushed, goes into
+    the loading snippet.
     Returns the card's path.
     """
     from huggingface_hub import ModelCard
@@ -120,7 +121,7 @@ def card_context(
     *,
     source: dict[str, Any],
     calibration: dict[str, Any] | None,
-    evaluation: dict[str, Any] | None,
+    evaluation: Evaluation | dict[str, Any] | None,
     storage_format: str,
     repo_id: str | None = None,
     processor: dict[str, Any] | None = None,
@@ -182,7 +183,7 @@ def card_context(
         "rows": rows,
         "macs": {"dense": macs["dense"], "remaining": macs["remaining"]} if macs else None,
         "example_shape": list(example_shape),
-        "finetune": _finetune_view(config.calibration.get("finetune")),
+        "finetune": _finetune_view(FinetuneRecipe.from_mapping(config.calibration.get("finetune"))),
         "calibration": _calibration_view(calibration or {}),
         "evaluation": _evaluation_view(evaluation) if evaluation else None,
         "chart": CHART_NAME,
@@ -301,11 +302,11 @@ def _display_name(value: Any) -> str | None:
     return text
 
 
-def _finetune_view(recipe: Any) -> dict[str, Any] | None:
-    if not isinstance(recipe, dict):
+def _finetune_view(recipe: FinetuneRecipe | None) -> dict[str, Any] | None:
+    if recipe is None:
         return None
-    view = dict(recipe)
-    view["dataset"] = _display_name(recipe.get("dataset")) or "user-supplied data"
+    view = recipe.to_dict()
+    view["dataset"] = _display_name(recipe.dataset) or "user-supplied data"
     return view
 
 
@@ -323,36 +324,29 @@ def _calibration_view(calibration: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy/loss at three stages: dense (before pruning), pruned, fine-tuned.
-
-    `hf-px prune --eval` gives ``*_before`` (dense) and ``*_after`` (pruned);
-    `hf-px finetune` gives ``*_dense`` (when known), ``*_pruned`` and ``*_finetuned``.
-    """
-    dataset = evaluation.get("dataset")
+def _evaluation_view(evaluation: Evaluation | dict[str, Any]) -> dict[str, Any]:
+    """Accuracy/loss at three stages: dense (before pruning), pruned, fine-tuned
+    (`hf-px prune --eval` measures the first two, `hf-px finetune` the last two)."""
+    if not isinstance(evaluation, Evaluation):
+        evaluation = Evaluation.from_mapping(evaluation)
+    dataset = evaluation.dataset
     hub_id = dataset if looks_like_hub_id(dataset) else None
 
-    def number(*keys: str) -> float | None:
-        for key in keys:
-            if evaluation.get(key) is not None:
-                return float(evaluation[key])
-        return None
+    def number(value: float | None) -> float | None:
+        return None if value is None else float(value)
 
     stages = {
-        "dense": (number("accuracy_dense", "accuracy_before"), number("loss_dense", "loss_before")),
-        "pruned": (
-            number("accuracy_pruned", "accuracy_after"),
-            number("loss_pruned", "loss_after"),
-        ),
-        "finetuned": (number("accuracy_finetuned"), number("loss_finetuned")),
+        "dense": (number(evaluation.accuracy_dense), number(evaluation.loss_dense)),
+        "pruned": (number(evaluation.accuracy_pruned), number(evaluation.loss_pruned)),
+        "finetuned": (number(evaluation.accuracy_finetuned), number(evaluation.loss_finetuned)),
     }
     shown = [k for k, (acc, _) in stages.items() if acc is not None]
     latest = shown[-1] if shown else "pruned"
     return {
         "dataset": _display_name(dataset) or "evaluation set",
         "hub_id": hub_id,
-        "split": evaluation.get("split"),
-        "num_samples": evaluation.get("num_samples"),
+        "split": evaluation.split,
+        "num_samples": evaluation.num_samples,
         "stages": [
             {"label": _STAGE_LABELS[k], "accuracy": stages[k][0], "loss": stages[k][1]}
             for k in ("dense", "pruned", "finetuned")

@@ -4,7 +4,10 @@ A tensor ``t`` (any rank, any 1/2/4/8-byte dtype) is stored as two tensors:
 
 * ``values`` — 1-D, dtype of ``t``: every element whose *bit pattern* is not all
   zeros, in row-major order. Selecting on bits rather than on ``!= 0`` keeps
-  ``-0.0`` (and NaN payloads) as stored values, so decoding is bit-exact;
+  ``-0.0`` (and NaN payloads) as stored values, so decoding is bit-exact. A
+  pruned weight is stored at its mask's kept positions instead (``encode(t,
+  positions=mask)``), a kept weight that is exactly 0 included, so that the
+  index is the mask too (:func:`positions_of`) and no file repeats it;
 * ``index`` — uint8: a fixed header (magic, codec, shape, count) followed by
   the positions of those elements in one of three codes, picked per tensor as
   the smallest:
@@ -253,11 +256,38 @@ def _run(jobs: list, fn) -> None:
         pass
 
 
-def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode `t` as ``(values, index)``; see the module docstring for the layout."""
+def _stored(ints: np.ndarray, positions: torch.Tensor | None) -> np.ndarray | None:
+    """The flat bool array of the positions to store; None when `positions` leaves out a
+    non-zero bit pattern (it would be lost)."""
+    if positions is None:
+        return ints != 0
+    stored = positions.detach().to("cpu", torch.bool).contiguous().reshape(-1).numpy()
+    if stored.size != ints.size:
+        raise HfPxError(f"positions hold {stored.size} elements, the tensor {ints.size}")
+    return None if bool((ints[~stored] != 0).any()) else stored
+
+
+def covers(t: torch.Tensor, positions: torch.Tensor) -> bool:
+    """Whether every element of `t` outside `positions` is all-zero bits (``+0.0``), so that
+    ``encode(t, positions)`` is exact."""
+    return _stored(_int_view(t).numpy(), positions) is not None
+
+
+def encode(
+    t: torch.Tensor, positions: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode `t` as ``(values, index)``; see the module docstring for the layout.
+
+    `positions` (bool, `t`'s shape): store these elements rather than the non-zero
+    ones, zeros among them included, so that the index codes them exactly (a mask
+    read back by :func:`positions_of`); every element outside must be ``+0.0``.
+    The `full` code, which records no positions, is then used only when all are set.
+    """
     ints = _int_view(t).numpy()
     numel = ints.size
-    nonzero = ints != 0
+    nonzero = _stored(ints, positions)
+    if nonzero is None:
+        raise HfPxError("a non-zero element lies outside the positions to encode")
     pos = np.flatnonzero(nonzero)
     m = int(pos.size)
     value_bytes = t.element_size()
@@ -272,6 +302,8 @@ def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # bit planes are byte-padded separately
         padded = low * ((m + 7) // 8) + (bits - m * low + 7) // 8 if m else 0
         costs[(CODEC_ELIAS_FANO, low)] = padded + m * value_bytes
+    if positions is not None and m < numel:
+        del costs[(CODEC_FULL, 0)]  # it would lose which elements are set
     # ties: the simpler code (lower codec id, then fewer low bits)
     codec, low = min(costs, key=lambda k: (costs[k], k))
     if codec == CODEC_FULL:
@@ -314,6 +346,15 @@ def read_header(index: torch.Tensor | np.ndarray | bytes) -> IndexHeader:
         raise HfPxError("corrupt bitmask index (truncated shape); re-save the checkpoint")
     shape = struct.unpack_from(f"<{ndim}Q", raw, _HEAD.size)
     return IndexHeader(codec=codec, shape=tuple(shape), count=count, low_bits=low, offset=end)
+
+
+def positions_of(index: torch.Tensor) -> torch.Tensor:
+    """The positions an index codes, as a bool tensor of the encoded shape (`full`: all):
+    the mask of a tensor encoded with ``positions=mask``."""
+    head = read_header(index)
+    if head.codec == CODEC_FULL:
+        return torch.ones(head.shape, dtype=torch.bool)
+    return decode(torch.ones(head.count, dtype=torch.uint8), index).to(torch.bool)
 
 
 def decode(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,9 @@ from typing import Any
 QUANT_METHOD = "hf_px_bitmask"
 FORMAT_VERSION = 1
 INDEX_SUFFIX = "_hfpx_index"
+# Weight-file metadata of a `bitmask` checkpoint: every mask's name in order, with the key
+# whose index in this file codes it, if one does (checkpoint.state.masks_metadata).
+MASKS_METADATA = "hf_px_masks"
 HINT = "pip install hf-px, then import hf_px before from_pretrained"
 # Stored as a 1-byte tensor: its name shows up in plain transformers' load report.
 MARKER_KEY = f"hf_px_bitmask_checkpoint: {HINT}"

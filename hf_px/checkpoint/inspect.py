@@ -3,7 +3,8 @@
 Used by ``hf-px inspect``. Reads safetensors headers and, for dense tensors,
 the tensors themselves (to count zeros); never imports or runs model code.
 A tensor's sparsity is the fraction of its elements equal to 0 (for `bitmask`
-tensors: the elements not stored, which are exactly +0.0).
+tensors: the elements not stored, which are exactly +0.0, and the stored zeros of
+a weight whose index codes its mask, read from its values).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..config import CONFIG_NAME, REPORT_NAME
 from ..errors import HfPxError
 from ..utils import check_weight_files, read_checkpoint_json, weight_files
 from . import bitmask
-from .constants import INDEX_SUFFIX, MARKER_KEY, QUANT_METHOD
+from .constants import INDEX_SUFFIX, MARKER_KEY, MASKS_METADATA, QUANT_METHOD
+from .state import read_masks_metadata
 
 _DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16}
 
@@ -44,6 +46,9 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for fname in files:
         with safe_open(str(root / fname), framework="pt") as f:
             keys = set(f.keys())
+            # these indices list kept positions, a kept weight that is 0 among them
+            coding = read_masks_metadata((f.metadata() or {}).get(MASKS_METADATA, "[]"))
+            mask_coded = {key for key in coding.values() if key is not None}
             for key in sorted(keys):
                 if key == MARKER_KEY or key.endswith(INDEX_SUFFIX):
                     continue
@@ -57,6 +62,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                     numel = head.numel
                     if head.codec == bitmask.CODEC_FULL:  # every element stored, zeros too
                         zeros = int((f.get_tensor(key) == 0).sum())
+                    elif key in mask_coded:
+                        zeros = numel - head.count + int((f.get_tensor(key) == 0).sum())
                     else:
                         zeros = numel - head.count
                     width = _DTYPE_BITS.get(dtype, 8) // 8

@@ -6,7 +6,8 @@ Layout written (a standard Hugging Face model directory)::
     model.safetensors            or model-0000k-of-0000n.safetensors + index
     preprocessor_config.json     when an image processor is given
     pruning_config.json          PruningConfig (reproduces the run)
-    pruning_masks.safetensors    the masks, position-coded (:mod:`.state`; load_pruning)
+    pruning_masks.safetensors    the masks, position-coded (:mod:`.state`; load_pruning);
+                                 `dense` only: a `bitmask` index codes its mask itself
     sparsity_report.json         PruningResult.report()
     README.md (+ card assets)    hf_px.card.write_card
 
@@ -16,7 +17,11 @@ Formats:
   any ``from_pretrained`` loads it, no hf-px needed.
 * ``bitmask`` — the same files, then every Linear/Conv-like ``*weight`` tensor
   is replaced by its 1-D non-zero values (under the weight's own name) and a
-  uint8 ``*.weight_hfpx_index`` (:mod:`hf_px.checkpoint.bitmask`). ``import hf_px``
+  uint8 ``*.weight_hfpx_index`` (:mod:`hf_px.checkpoint.bitmask`). A pruned
+  weight's index lists the positions its mask keeps (a kept weight that is 0
+  included), so the masks are read from it and stored once; the rare mask
+  that cannot be (a renamed key, a non-zero bit it prunes) goes to
+  ``pruning_masks.safetensors``. ``import hf_px``
   makes ``from_pretrained`` decode them (:mod:`hf_px.checkpoint.quantizer`);
   plain transformers refuses the shapes instead of loading random weights.
 
@@ -46,15 +51,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card import write_card
+from ..card import Evaluation, write_card
 from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..masks.check import check_masks
 from ..refs import check_no_local_paths, local_dir, scrub_paths
 from ..utils import SAFE_INDEX_NAME, weight_files
 from . import bitmask
-from .constants import INDEX_SUFFIX, MARKER_KEY, quantization_config_dict
-from .state import write_masks
+from .constants import INDEX_SUFFIX, MARKER_KEY, MASKS_METADATA, quantization_config_dict
+from .state import masks_metadata, write_masks
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +74,10 @@ def save_pruned(
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
+    evaluation: Evaluation | dict[str, Any] | None = None,
     card: bool = True,
     max_shard_size: int | str = "5GB",
+    repo_id: str | None = None,
 ) -> Path:
     """Write `model` (pruned by `result`) as a Hugging Face model directory; returns its path.
 
@@ -80,7 +86,9 @@ def save_pruned(
     `output_dir` is replaced only with ``overwrite=True``; the directory the
     model was loaded from is never written. ``source`` (``{"model_id",
     "local_path"}``), ``calibration`` and ``evaluation`` are passed to the model
-    card. Raises :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
+    card; ``repo_id``, the Hub repo the folder will be pushed to when known, is what
+    the card's loading snippet loads (else the folder itself, ``"."``). Raises
+    :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
     """
     if format not in FORMATS:
         raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
@@ -99,24 +107,26 @@ def save_pruned(
         result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
     )
     calibration = scrub_paths(calibration)
-    evaluation = scrub_paths(evaluation)
+    if evaluation is not None:  # one spelling from here on (card, report)
+        as_dict = evaluation.to_dict() if isinstance(evaluation, Evaluation) else evaluation
+        evaluation = Evaluation.from_mapping(scrub_paths(as_dict))
     parent = target.absolute().parent
     with _new_parents(parent), _staging(parent, target.name) as tmp:
         # transformers writes the checkpoint (original) key names that every version
         # loads; the bitmask format keeps them, so no version can match the 1-D values
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        in_weights: set[str] = set()
         if format == "bitmask":
-            _compress_weights(tmp)
+            by_key = _masks_by_stored_key(model, result.masks)
+            in_weights = _compress_weights(tmp, by_key, list(result.masks))
             _add_quantization_config(tmp)
         if image_processor is not None:
             image_processor.save_pretrained(tmp)
         try:
             result.config.save_pretrained(tmp)
             record = result.report()
-            if evaluation:  # the figures a later fine-tune compares with
-                record["evaluation"] = {
-                    k: v for k, v in evaluation.items() if isinstance(v, str | int | float)
-                }
+            if evaluation is not None and evaluation.to_dict():
+                record["evaluation"] = evaluation.to_dict()  # what a later fine-tune compares
             report = json.dumps(record, indent=2, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise HfPxError(
@@ -124,7 +134,9 @@ def save_pruned(
                 "calibration info to strings and numbers"
             ) from None
         (tmp / REPORT_NAME).write_text(report + "\n")
-        write_masks(tmp, result.masks)
+        rest = {n: m for n, m in result.masks.items() if n not in in_weights}
+        if rest or format == "dense":
+            write_masks(tmp, rest, names=list(result.masks))
         if card:
             write_card(
                 tmp,
@@ -134,6 +146,7 @@ def save_pruned(
                 calibration=calibration,
                 evaluation=evaluation,
                 format=format,
+                repo_id=repo_id,
             )
         check_no_local_paths(tmp, [target, parent, *_input_dirs(model, source)])
         _commit(tmp, target, overwrite)
@@ -369,9 +382,32 @@ def _weight_files(directory: Path) -> tuple[list[str], dict[str, Any] | None]:
     return files, index
 
 
-def _compress_weights(directory: Path) -> None:
+def _masks_by_stored_key(
+    model: nn.Module, masks: dict[str, torch.Tensor]
+) -> dict[str, tuple[str, torch.Tensor]]:
+    """``{key in the weight files: (parameter name, mask)}`` for the masks whose parameter
+    transformers stores as it is, under its original (checkpoint) name; a weight it
+    converts (e.g. two fused into one) is left out, its mask kept in the masks file."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without key conversion stores parameter names
+        return {n: (n, m) for n, m in masks.items()}
+    # the same renaming save_pretrained applies; a renamed entry is the very object passed
+    reverted = revert_weight_conversion(model, dict(masks))
+    names = {id(m): n for n, m in masks.items()}
+    return {k: (names[id(m)], m) for k, m in reverted.items() if id(m) in names}
+
+
+def _compress_weights(
+    directory: Path, masks: dict[str, tuple[str, torch.Tensor]], order: list[str]
+) -> set[str]:
     """Rewrite each shard: every Linear/Conv-like weight (``*weight``, rank ≥ 2, float)
-    becomes values + index.
+    becomes values + index; returns the names of the masks the indices code.
+
+    `masks`: ``{stored key: (parameter name, mask)}``. A weight with a mask of its
+    shape and nothing non-zero where the mask prunes is encoded at the mask's kept
+    positions; each shard's metadata maps every mask's name (in `order`) to the key
+    coding it there, or null (:data:`.constants.MASKS_METADATA`).
 
     All of them, pruned or not, and found by the stored names rather than the
     masks' (the file holds transformers' original key names, which may differ
@@ -384,15 +420,23 @@ def _compress_weights(directory: Path) -> None:
 
     files, index = _weight_files(directory)
     total = 0
+    coded: set[str] = set()
     for i, fname in enumerate(files):
         path = directory / fname
         tensors: dict[str, torch.Tensor] = {}
+        here: dict[str, str | None] = dict.fromkeys(order)
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             for key in f.keys():
                 t = f.get_tensor(key)
                 if key.endswith("weight") and t.dim() >= 2 and t.is_floating_point():
-                    values, idx = bitmask.encode(t)
+                    name, mask = masks.get(key, (None, None))
+                    if mask is not None and mask.shape == t.shape and bitmask.covers(t, mask):
+                        values, idx = bitmask.encode(t, positions=mask)
+                        coded.add(name)
+                        here[name] = key
+                    else:
+                        values, idx = bitmask.encode(t)
                     tensors[key] = values
                     tensors[key + INDEX_SUFFIX] = idx
                 else:
@@ -401,6 +445,7 @@ def _compress_weights(directory: Path) -> None:
             tensors[MARKER_KEY] = torch.zeros(1, dtype=torch.uint8)
         metadata["format"] = "pt"
         metadata["hf_px_format"] = "bitmask"
+        metadata[MASKS_METADATA] = masks_metadata(here)
         save_file(tensors, str(path), metadata=metadata)
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         if index is not None:
@@ -409,6 +454,7 @@ def _compress_weights(directory: Path) -> None:
     if index is not None:
         index.setdefault("metadata", {})["total_size"] = total
         (directory / SAFE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return coded
 
 
 def _add_quantization_config(directory: Path) -> None:

@@ -1,8 +1,13 @@
-"""Masks as saved state: ``pruning_masks.safetensors`` beside the weights, and `load_pruning`.
+"""Masks as saved state: in the `bitmask` weights' indices or ``pruning_masks.safetensors``,
+and `load_pruning`.
 
 The masks are what pruning decided; the weights' zeros are not the same thing (a
 kept weight may be exactly 0, and after fine-tuning that difference matters).
-So every checkpoint carries them, compactly, in the :mod:`.bitmask` position code:
+So every checkpoint carries them, once, in the :mod:`.bitmask` position code. In a
+`bitmask` checkpoint a pruned weight's index lists its mask's kept positions
+(:func:`hf_px.checkpoint.bitmask.positions_of` reads it back; the shards'
+metadata names those masks), so its masks cost nothing more. A `dense`
+checkpoint, and a mask the weights cannot carry, use ``pruning_masks.safetensors``:
 
 * one uint8 tensor per masked parameter, named like the parameter: the bitmask
   *index* of the kept positions (no values: a mask's values are all 1). When
@@ -33,7 +38,7 @@ from ..errors import HfPxError
 from ..refs import local_files
 from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
-from .constants import INDEX_SUFFIX
+from .constants import INDEX_SUFFIX, MASKS_METADATA
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +83,46 @@ def decode_masks(tensors: dict[str, torch.Tensor], names: list[str] | None = Non
     return {n: masks[n] for n in order}
 
 
-def write_masks(directory: str | os.PathLike, masks: dict[str, torch.Tensor]) -> Path:
+def masks_metadata(keys_of: dict[str, str | None]) -> str:
+    """A shard's :data:`.constants.MASKS_METADATA`: ``{mask name: key coding it in this
+    shard, or None}`` as a JSON list in the masks' order — ``"name"`` when the key is the
+    name, ``["name", "key"]`` when another, ``["name"]`` when none (headers stay small)."""
+    entries: list = []
+    for name, key in keys_of.items():
+        entries.append(name if key == name else [name] if key is None else [name, key])
+    return json.dumps(entries, separators=(",", ":"))
+
+
+def read_masks_metadata(text: str) -> dict[str, str | None]:
+    """Inverse of :func:`masks_metadata`."""
+    keys_of: dict[str, str | None] = {}
+    for entry in json.loads(text):
+        if isinstance(entry, str):
+            keys_of[entry] = entry
+        else:
+            keys_of[entry[0]] = entry[1] if len(entry) > 1 else None
+    return keys_of
+
+
+def write_masks(
+    directory: str | os.PathLike, masks: dict[str, torch.Tensor], names: list[str] | None = None
+) -> Path:
+    """Write ``pruning_masks.safetensors``; `names`, the order of all the checkpoint's masks,
+    may name more than `masks` holds (the others are in the weights' indices)."""
     from safetensors.torch import save_file
 
     path = Path(directory) / MASKS_NAME
-    metadata = {"format": "pt", _FORMAT: "1", "names": json.dumps(list(masks))}
+    metadata = {"format": "pt", _FORMAT: "1", "names": json.dumps(names or list(masks))}
     save_file(encode_masks(masks), str(path), metadata=metadata)
     return path
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The masks ``pruning_masks.safetensors`` holds, in the saved order."""
+    return _read_masks_file(path)[0]
+
+
+def _read_masks_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -98,7 +133,8 @@ def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise HfPxError(f"cannot read {Path(path).name} ({err}); re-save the checkpoint") from None
     if metadata.get(_FORMAT) != "1":
         raise HfPxError(f"{Path(path).name} is not an hf-px masks file; re-save the checkpoint")
-    return decode_masks(tensors, json.loads(metadata.get("names", "[]")))
+    names = json.loads(metadata.get("names", "[]"))
+    return decode_masks(tensors, names), names
 
 
 def load_pruning(
@@ -113,7 +149,8 @@ def load_pruning(
     Masks, :class:`PruningConfig` and per-tensor report (``result.report()``) as
     :func:`hf_px.save_pruned` wrote them; Hub repos are fetched through
     `huggingface_hub` (``revision``, ``token`` as there). A checkpoint without
-    ``pruning_masks.safetensors`` (written by an older hf-px) gets masks rebuilt
+    ``pruning_masks.safetensors`` and without masks in its `bitmask` weights'
+    indices (written by an older hf-px) gets masks rebuilt
     as ``weight != 0`` — from `model` when given (its prunable weights minus the
     config's ``exclude``), else from the weight files, for the tensors its
     sparsity report lists — and a warning, since a kept weight that is exactly
@@ -128,9 +165,8 @@ def load_pruning(
         )
     config = PruningConfig.from_pretrained(root)
     report = _read_report(root)
-    if (root / MASKS_NAME).is_file():
-        masks = read_masks(root / MASKS_NAME)
-    else:
+    masks = _saved_masks(root, model_dir_or_id, revision, token)
+    if masks is None:
         logger.warning(
             "%s has no %s (written by an older hf-px); using the weights' zeros as masks, so "
             "a kept weight that is exactly 0 counts as pruned — re-save it to keep the masks",
@@ -146,6 +182,72 @@ def load_pruning(
             masks = _masks_from_weights(root, report)
     _check_against_report(masks, report, model_dir_or_id)
     return PruningResult(masks=masks, config=config)
+
+
+def _saved_masks(
+    root: Path, ref: Any, revision: str | None, token: str | bool | None
+) -> dict[str, torch.Tensor] | None:
+    """The masks from the masks file and the `bitmask` weights' indices; None when neither
+    holds any (a checkpoint from before masks were saved)."""
+    masks: dict[str, torch.Tensor] = {}
+    names: list[str] | None = None
+    if (root / MASKS_NAME).is_file():
+        masks, names = _read_masks_file(root / MASKS_NAME)
+        if set(names) <= set(masks):
+            return masks
+    weights = local_files(ref, ["*.json", "*.safetensors"], revision=revision, token=token)
+    coded, order = _masks_from_indices(weights, set(masks))
+    if order is None:
+        if names is not None:
+            raise HfPxError(
+                f"{ref}: {MASKS_NAME} names masks that the weight files do not hold; "
+                "download the checkpoint completely or re-save it"
+            )
+        return None
+    masks.update(coded)
+    order = names or order  # the masks file, when there is one, names every mask too
+    return _in_order(
+        masks,
+        order,
+        f"{ref}: no mask of {{!r}} in the weight files or {MASKS_NAME}; "
+        "download the checkpoint completely or re-save it",
+    )
+
+
+def _in_order(found: dict[str, torch.Tensor], order: list[str], missing: str) -> dict:
+    """`found` in `order`; the first name it lacks raises, `missing` formatted with it."""
+    for name in order:
+        if name not in found:
+            raise HfPxError(missing.format(name))
+    return {n: found[n] for n in order}
+
+
+def _masks_from_indices(
+    root: Path, known: set[str]
+) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The masks the `bitmask` indices code (those in `known` aside) and the saved order of
+    all masks; order None when no weight file names masks (dense, or an older hf-px)."""
+    from safetensors import SafetensorError, safe_open
+
+    files = weight_files(root)[0]
+    masks: dict[str, torch.Tensor] = {}
+    order = None
+    for fname in files:
+        if not (root / fname).is_file():
+            raise HfPxError(f"the checkpoint lacks {fname}; download it completely")
+        try:
+            with safe_open(str(root / fname), framework="pt") as f:
+                listed = (f.metadata() or {}).get(MASKS_METADATA)
+                if listed is None:
+                    continue
+                keys_of = read_masks_metadata(listed)
+                order = list(keys_of)
+                for name, key in keys_of.items():
+                    if key is not None and name not in known:
+                        masks[name] = bitmask.positions_of(f.get_tensor(key + INDEX_SUFFIX))
+        except (SafetensorError, OSError) as err:
+            raise HfPxError(f"cannot read {fname} ({err}); re-save the checkpoint") from None
+    return masks, order
 
 
 def _read_report(root: Path) -> dict[str, Any] | None:
@@ -182,13 +284,12 @@ def _masks_from_weights(root: Path, report: dict[str, Any] | None) -> dict[str, 
                 if name + INDEX_SUFFIX in keys:
                     t = bitmask.decode(t, f.get_tensor(name + INDEX_SUFFIX))
                 found[name] = t != 0
-    missing = [n for n in wanted if n not in found]
-    if missing:
-        raise HfPxError(
-            f"the weight files hold no tensor {missing[0]!r} of the sparsity report; pass "
-            "model= (the loaded model) so that the masks can be rebuilt from its weights"
-        )
-    return {n: found[n] for n in wanted}
+    return _in_order(
+        found,
+        wanted,
+        "the weight files hold no tensor {!r} of the sparsity report; pass "
+        "model= (the loaded model) so that the masks can be rebuilt from its weights",
+    )
 
 
 def _check_against_report(masks: dict, report: dict[str, Any] | None, ref: Any) -> None:

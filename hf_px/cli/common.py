@@ -70,6 +70,7 @@ def save_and_push(
             image_processor=processor,
             format=args.format,
             overwrite=args.overwrite,
+            repo_id=args.push_to_hub,  # known before saving: the card is written once
             **card,
         )
     # a failed push still reports (and keeps) the checkpoint written

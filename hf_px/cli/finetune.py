@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
+from ..card import Evaluation, FinetuneRecipe
 from ..refs import public_name
 from ..training import OPTIMIZERS
 from ..utils import read_json_dict
@@ -149,8 +150,9 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             "nothing was written — report this with the command line"
         )
     recipe = _recipe(args, split, len(train), stats)
+    # saved where earlier versions put it, so their readers and files agree
     config = dataclasses.replace(
-        saved.config, calibration={**saved.config.calibration, "finetune": recipe}
+        saved.config, calibration={**saved.config.calibration, "finetune": recipe.to_dict()}
     )
     result = dataclasses.replace(saved, config=config)
     evaluation = None
@@ -203,63 +205,71 @@ def _summary(args, out_dir, result, stats, evaluation, recipe, url, t0) -> dict[
         "train_s": round(stats["train_s"], 3),
         "sparsity": result.sparsity,
         "pruned_weights_nonzero": stats["pruned_weights_nonzero"],
-        "evaluation": evaluation,
-        "recipe": recipe,
+        "evaluation": _evaluation_json(evaluation) if evaluation is not None else None,
+        "recipe": recipe.to_dict(),
         "size_on_disk_bytes": size_on_disk(out_dir),
         "pushed_to": url,
         "total_s": round(time.perf_counter() - t0, 3),
     }
 
 
-def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict) -> dict:
+def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict) -> FinetuneRecipe:
     """The fine-tuning recipe as the card and pruning_config.json record it."""
-    return {
-        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
-        "split": split,
-        "num_samples": num_samples,
-        "epochs": args.epochs,
-        "steps": stats["steps"],
-        "learning_rate": args.learning_rate,
-        "schedule": "cosine",
-        "batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "num_processes": stats["num_processes"],
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "bf16": bool(args.bf16),
-        "seed": args.seed,
-        "trainer": "transformers.Trainer",
-    }
+    return FinetuneRecipe(
+        dataset=public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        split=split,
+        num_samples=num_samples,
+        epochs=args.epochs,
+        steps=stats["steps"],
+        learning_rate=args.learning_rate,
+        schedule="cosine",
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_processes=stats["num_processes"],
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        bf16=bool(args.bf16),
+        seed=args.seed,
+        trainer="transformers.Trainer",
+    )
 
 
-def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> dict[str, Any]:
+def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> Evaluation:
     """Accuracy before/after fine-tuning, with the dense figure when pruning measured it on
     the same data."""
     from ..config import REPORT_NAME
 
     before, after = stats["eval_before"], stats["eval_after"]
-    evaluation = {
-        "dataset": public_name(eval_ref),
-        "split": split,
-        "num_samples": after["num_samples"],
-        "accuracy_pruned": before["accuracy"],
-        "loss_pruned": before["loss"],
-        "accuracy_finetuned": after["accuracy"],
-        "loss_finetuned": after["loss"],
-    }
+    evaluation = Evaluation(
+        dataset=public_name(eval_ref),
+        split=split,
+        num_samples=after["num_samples"],
+        accuracy_pruned=before["accuracy"],
+        loss_pruned=before["loss"],
+        accuracy_finetuned=after["accuracy"],
+        loss_finetuned=after["loss"],
+    )
     prior = _prior_evaluation(src / REPORT_NAME)
-    if prior and (prior.get("dataset"), prior.get("split")) == (
-        evaluation["dataset"],
-        evaluation["split"],
-    ):  # the same data: the dense figure that pruning measured carries over
-        evaluation["accuracy_dense"] = prior.get("accuracy_dense", prior.get("accuracy_before"))
-        evaluation["loss_dense"] = prior.get("loss_dense", prior.get("loss_before"))
+    if prior and (prior.dataset, prior.split) == (evaluation.dataset, evaluation.split):
+        # the same data: the dense figure that pruning measured carries over
+        evaluation = dataclasses.replace(
+            evaluation, accuracy_dense=prior.accuracy_dense, loss_dense=prior.loss_dense
+        )
     return evaluation
 
 
-def _prior_evaluation(report: Path) -> dict[str, Any] | None:
+def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
+    """The ``evaluation`` of ``--json`` (the dense figures only when carried over)."""
+    out = ev.to_dict()
+    for key in ("dataset", "split", "num_samples", "accuracy_pruned", "loss_pruned"):
+        out.setdefault(key, None)
+    return out
+
+
+def _prior_evaluation(report: Path) -> Evaluation | None:
+    """What the pruning run measured, as its sparsity report recorded it (either spelling)."""
     ev = read_json_dict(report).get("evaluation")
-    return ev if isinstance(ev, dict) else None
+    return Evaluation.from_mapping(ev) if isinstance(ev, dict) else None
 
 
 def _source(src: Path, reference: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
+from ..card import Evaluation
 from ..config import SCOPES
 from ..methods import METHODS, px, pxtrained
 from ..pruning import check_request
@@ -106,6 +107,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     batches, calib_info = _calibration(args, data_proc, model.config, acc, timings)
 
     evaluation: dict[str, Any] | None = None
+    record: Evaluation | None = None
     if args.eval:
         eval_ref = args.eval_dataset or args.dataset
         with output.phase("evaluating the dense model", timings, "eval_dense_s"):
@@ -145,7 +147,8 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
-        evaluation = _evaluation(eval_ref, data, dense, pruned)
+        record = _evaluation(eval_ref, data, dense, pruned)
+        evaluation = _evaluation_json(record, dense, pruned)
         output.completed(evaluation=evaluation)
 
     url = None
@@ -159,7 +162,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
             timings,
             source=source_info(args.model),
             calibration={k: v for k, v in calib_info.items() if v is not None},
-            evaluation=evaluation,
+            evaluation=record,
         )
     acc.wait_for_everyone()
     if not acc.is_main_process:
@@ -203,16 +206,29 @@ def _calibration(
     return batches, calib_info
 
 
-def _evaluation(eval_ref: str | None, data: Any, dense: dict, pruned: dict) -> dict[str, Any]:
+def _evaluation(eval_ref: str | None, data: Any, dense: dict, pruned: dict) -> Evaluation:
+    """What the card and the sparsity report record of the two measurements."""
+    return Evaluation(
+        dataset=public_name(eval_ref) or calibration.DEFAULT_DATASET,
+        split=data.split,
+        num_samples=pruned["num_samples"],
+        accuracy_dense=dense["accuracy"],
+        loss_dense=dense["loss"],
+        accuracy_pruned=pruned["accuracy"],
+        loss_pruned=pruned["loss"],
+    )
+
+
+def _evaluation_json(record: Evaluation, dense: dict, pruned: dict) -> dict[str, Any]:
+    """The ``evaluation`` of ``--json``: its flat ``*_before``/``*_after`` keys as ever."""
     return {
-        "dataset": public_name(eval_ref) or calibration.DEFAULT_DATASET,
-        "split": data.split,
-        "num_samples": pruned["num_samples"],
-        # flat keys: what the model card reads (hf_px.card.write_card)
-        "accuracy_before": dense["accuracy"],
-        "accuracy_after": pruned["accuracy"],
-        "loss_before": dense["loss"],
-        "loss_after": pruned["loss"],
+        "dataset": record.dataset,
+        "split": record.split,
+        "num_samples": record.num_samples,
+        "accuracy_before": record.accuracy_dense,
+        "accuracy_after": record.accuracy_pruned,
+        "loss_before": record.loss_dense,
+        "loss_after": record.loss_pruned,
         "dense": dense,
         "pruned": pruned,
     }

@@ -8,18 +8,16 @@ by ``huggingface_hub`` itself; this module never writes, logs or prints it.
 
 Every failure becomes an :class:`~hf_px.errors.HfPxFailure` whose one-line
 message says what to do; the local folder is only ever read. The uploaded card's
-loading snippet names the repo: a card written without knowing it loads from
-``"."`` (the folder itself), so the upload goes through a temporary view of the
-folder (symlinks + that one README line rewritten), leaving the folder as it is.
+loading snippet names the repo. ``hf-px prune --push-to-hub`` writes it so in the
+first place, and the folder goes up as it is; a card written without knowing the
+repo (``hf-px push`` of an existing folder) loads from ``"."``, so that one commit
+takes the folder's files from disk and the card, that line rewritten, from memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,17 +84,24 @@ def push_to_hub(
             repo_id = repo_url.repo_id or repo_id
             if revision not in (None, "main") and not create_pr:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            with _upload_view(folder, repo_id) as view:
+            commit = {
+                "repo_id": repo_id,
+                "commit_message": message,
+                "commit_description": description,
+                "revision": revision,
+                "create_pr": create_pr,
+            }
+            readme = _retargeted_card(folder, repo_id)
+            if readme is None:  # the card already names the repo (or there is none)
                 info = api.upload_folder(
-                    repo_id=repo_id,
-                    folder_path=view,
-                    commit_message=message,
-                    commit_description=description,
-                    revision=revision,
-                    create_pr=create_pr,
+                    folder_path=folder,
                     # in the same commit: weights the new checkpoint lacks would load instead
                     delete_patterns=list(STALE_PATTERNS),
+                    **commit,
                 )
+            else:
+                operations = _operations(api, folder, readme, repo_id, revision, create_pr)
+                info = api.create_commit(operations=operations, **commit)
     except Exception as exc:  # mapped to one line below; anything unknown re-raised
         failure = _as_failure(exc, repo_id, api.endpoint)
         if failure is exc:
@@ -107,30 +112,37 @@ def push_to_hub(
     return str(url)
 
 
-@contextlib.contextmanager
-def _upload_view(folder: Path, repo_id: str) -> Iterator[Path]:
-    """`folder` as it should land on the Hub: the card's snippet loads `repo_id`."""
+def _retargeted_card(folder: Path, repo_id: str) -> str | None:
+    """The folder's card with its snippet loading `repo_id`; None when it needs no change."""
     try:
         text = (folder / "README.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        text = ""
-    readme = retarget_card(text, repo_id)
-    if readme is None:
-        yield folder
-        return
-    with tempfile.TemporaryDirectory(prefix="hf-px-push-") as tmp:
-        view = Path(tmp)
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if not path.is_file() or rel == Path("README.md"):
-                continue
-            (view / rel).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.symlink(path.resolve(), view / rel)
-            except OSError:  # no symlinks here (e.g. Windows without the privilege)
-                shutil.copy2(path, view / rel)
-        (view / "README.md").write_text(readme, encoding="utf-8")
-        yield view
+        return None
+    return retarget_card(text, repo_id)
+
+
+def _operations(
+    api: Any, folder: Path, readme: str, repo_id: str, revision: str | None, create_pr: bool
+) -> list:
+    """What ``upload_folder(delete_patterns=STALE_PATTERNS)`` would commit, the card
+    taken from `readme` instead of the folder's file."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    kept = filter_repo_objects(files, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, "README.md"])
+    adds = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(files[rel])) for rel in kept]
+    adds.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
+    added = {op.path_in_repo for op in adds}
+    # a pull request is opened against main: what it would delete is main's
+    remote = api.list_repo_files(repo_id, revision=None if create_pr else revision)
+    stale = filter_repo_objects(remote, allow_patterns=list(STALE_PATTERNS))
+    deletes = [
+        CommitOperationDelete(path_in_repo=rel)
+        for rel in stale
+        if rel not in added and rel != ".gitattributes"
+    ]
+    return deletes + adds
 
 
 @contextlib.contextmanager
