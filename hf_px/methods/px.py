@@ -32,7 +32,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,7 +55,8 @@ from .base import (
     model_mode,
     timed,
 )
-from .refresh import DEFAULT_REFRESH, kept_density, refresh_policy
+from .options import MethodOptions, option
+from .refresh import DEFAULT_REFRESH, check_refresh, kept_density, refresh_policy
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -66,10 +67,76 @@ logger = logging.getLogger(__name__)
 DEFAULTS = {"bn": "eval", "norm": "gate"}
 BN_MODES = ("reference", "rms", "eval")
 NORM_MODES = ("rms", "gate")
+QK_MODES = ("tied", "gate", "off")
+ATTN_MODES = ("sum", "mean")
+
+
+@dataclass(frozen=True)
+class PxOptions(MethodOptions):
+    """PX's options. None = not given: the default in the help applies, and for the
+    bound-only ones (:data:`BOUND_OPTIONS`) ``form`` is then free to follow the weights."""
+
+    method: ClassVar[str] = "px"
+
+    form: str | None = option(
+        None,
+        "PX score: 'bound' = the paper's NTK-trace bound, 'fisher' = per-sample "
+        "output-gradient form for trained networks, 'paths' = per-class logit form "
+        "(default auto: fisher when the weights were loaded from a checkpoint, else bound)",
+        choices=("auto", *pxtrained.FORMS),
+    )
+    bn: str | None = option(
+        None,
+        f"PX BatchNorm treatment in the auxiliary nets (default: {DEFAULTS['bn']})",
+        choices=BN_MODES,
+    )
+    norm: str | None = option(
+        None,
+        f"PX LayerNorm/GroupNorm treatment in the auxiliary nets (default: {DEFAULTS['norm']})",
+        choices=NORM_MODES,
+    )
+    qk: str | None = option(
+        None,
+        "PX bound: attention q/k weights ranked by gate sensitivity with the budget tied "
+        "to the block's v ('tied', the default), by gate sensitivity alone ('gate'), or "
+        "not through the gates ('off')",
+        choices=QK_MODES,
+    )
+    attn: str | None = option(
+        None,
+        "PX bound: attention's path weights summed over keys or averaged (default: sum)",
+        choices=ATTN_MODES,
+    )
+    cut_scale: bool | None = option(
+        None,
+        "PX bound: exact power-of-two rescaling at graph cuts where no norm uses own "
+        "statistics (default: true)",
+        kind=bool,
+    )
+    keep_classifier: bool | None = option(
+        None,
+        "PX bound: the classification head keeps its values in the auxiliary nets (default: true)",
+        kind=bool,
+    )
+    refresh: float | str | None = option(
+        DEFAULT_REFRESH,
+        "PX: recompute the data side once the kept density has fallen by F since the "
+        f"last recompute, reusing it in between (default: {DEFAULT_REFRESH}); 'every' = "
+        "the paper's full recompute every round",
+        check=check_refresh,
+        metavar="F|every",
+    )
+    fisher_classes: int = option(
+        pxtrained.DEFAULT_FISHER_CLASSES,
+        "PX form=fisher: each sample's most probable classes summed over "
+        f"(default: {pxtrained.DEFAULT_FISHER_CLASSES})",
+        kind=int,
+        metavar="N",
+    )
 
 
 def untouched_parameter_names(ctx: ScoringContext) -> set[str]:
-    keep_classifier = ctx.options.get("keep_classifier", True)
+    keep_classifier = ctx.options.keep_classifier is not False
     names = set(ctx.adapter.norm_parameter_names(ctx.model))
     if keep_classifier:
         names |= ctx.adapter.classifier_parameter_names(ctx.model)
@@ -98,7 +165,7 @@ class _Runner:
                 ctx.cache.store["px_modules"] = found
         _, self.gates, self.norms, self.attn = found
         self.state = AuxState(keep_qk=keep_qk and bool(self.attn))
-        self.state.attn_mean = ctx.options.get("attn", "sum") == "mean"
+        self.state.attn_mean = ctx.options.attn == "mean"
         # without own-statistics normalisation the aux nets grow like fan-in^depth;
         # rescaling at cuts is exact only then (an RMS norm would undo it per branch)
         own_stats = any(
@@ -107,7 +174,7 @@ class _Runner:
         )
         self.cuts = ctx.adapter.cuts(self.model)
         self.state.scaled = bool(self.cuts) and not own_stats
-        self.state.rescale = bool(ctx.options.get("cut_scale", True))
+        self.state.rescale = ctx.options.cut_scale is not False
         self.biased = {
             m: f"{name}.bias" if name else "bias"
             for name, m in self.model.named_modules()
@@ -314,7 +381,7 @@ def _data_side(ctx: ScoringContext, key: tuple, compute) -> _DataSide:
     """The data side of this round: reused from `ctx.cache` while the refresh policy
     allows it, else computed by `compute(density)` and stored. Without a cache (one
     scoring call) or with ``refresh="every"`` it is always computed."""
-    policy = refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
+    policy = refresh_policy(ctx.options.refresh)
     density = kept_density(ctx.masks)
     cache = ctx.cache
     old = cache.store.get("px") if cache is not None else None
@@ -389,22 +456,10 @@ def resolve_options(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]
     return {**options, "form": form}
 
 
-def options(ctx: ScoringContext) -> tuple[str, str, str]:
-    """(bn, norm, qk) modes, defaults from :data:`DEFAULTS`, checked."""
-    bn_mode = ctx.options.get("bn") or DEFAULTS["bn"]
-    if bn_mode not in BN_MODES:
-        raise HfPxError(f"px option bn={bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
-    norm_mode = ctx.options.get("norm") or DEFAULTS["norm"]
-    if norm_mode not in NORM_MODES:
-        raise HfPxError(
-            f"px option norm={norm_mode!r} is unknown; use one of {', '.join(NORM_MODES)}"
-        )
-    if ctx.options.get("attn", "sum") not in ("sum", "mean"):
-        raise HfPxError(f"px option attn={ctx.options['attn']!r} is unknown; use 'sum' or 'mean'")
-    qk_mode = ctx.options.get("qk", "tied")
-    if qk_mode not in ("tied", "gate", "off"):
-        raise HfPxError(f"px option qk={qk_mode!r} is unknown; use 'tied', 'gate' or 'off'")
-    return bn_mode, norm_mode, qk_mode
+def modes(options: PxOptions) -> tuple[str, str, str]:
+    """(bn, norm, qk) modes, the ones not given from :data:`DEFAULTS` (read here, at
+    scoring time, so that one entry switches a default)."""
+    return (options.bn or DEFAULTS["bn"], options.norm or DEFAULTS["norm"], options.qk or "tied")
 
 
 class AuxNetOverflow(HfPxError):
@@ -421,23 +476,19 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
     no cut to rescale at, the scores are taken with own-statistics normalisation
     (:data:`OWN_STATISTICS`) and a warning, once per prune; options the caller set
     explicitly are never replaced (the overflow is then an error)."""
-    form = ctx.options.get("form") or "bound"
+    form = ctx.options.form or "bound"
     if form == "auto":
-        form = form_choice(ctx.model, ctx.options)[0]
-    if form not in pxtrained.FORMS:
-        raise HfPxError(
-            f"px option form={form!r} is unknown; use one of {', '.join(pxtrained.FORMS)}"
-        )
+        form = form_choice(ctx.model, ctx.options.given())[0]
     if form != "bound":
         return pxtrained.score(ctx, batches, form)
     cache = ctx.cache
     fallback = cache.store.get("px_fallback") if cache is not None else None
     if fallback:
-        return score_wide(replace(ctx, options={**ctx.options, **fallback}), batches)
+        return score_wide(replace(ctx, options=replace(ctx.options, **fallback)), batches)
     try:
         return score_wide(ctx, batches)
     except AuxNetOverflow:
-        if ctx.options.get("bn") or ctx.options.get("norm"):
+        if ctx.options.bn or ctx.options.norm:
             raise
         logger.warning(
             "px: the path-exact auxiliary nets overflowed on this model (no cut to rescale "
@@ -445,7 +496,7 @@ def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tens
         )
         if cache is not None:
             cache.store["px_fallback"] = dict(OWN_STATISTICS)
-        return score_wide(replace(ctx, options={**ctx.options, **OWN_STATISTICS}), batches)
+        return score_wide(replace(ctx, options=replace(ctx.options, **OWN_STATISTICS)), batches)
 
 
 def score_wide(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
@@ -465,10 +516,10 @@ def score_wide(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
     try:
         with _in_float64(ctx.model):
             wide = [{**b, "pixel_values": b["pixel_values"].double()} for b in batches]
-            options = dict(ctx.options)
-            if "sample_input" in options:
-                options["sample_input"] = options["sample_input"].double()
-            return score_once(replace(ctx, options=options), wide)
+            sample = ctx.sample_input
+            return score_once(
+                replace(ctx, sample_input=None if sample is None else sample.double()), wide
+            )
     except RuntimeError as exc:  # a model that hard-codes float32 somewhere
         logger.info("px: float64 rescoring failed (%s); keeping the float32 scores", exc)
         return scores
@@ -526,8 +577,7 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
     hooks and cache state, and read here in the order the method defines them.
     """
     model = ctx.model
-    bn_mode, norm_mode, qk_mode = options(ctx)
-    refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
+    bn_mode, norm_mode, qk_mode = modes(ctx.options)
     untouched = untouched_parameter_names(ctx)
     eff = masked_tensors(ctx)
     run = _Runner(ctx, bn_mode, keep_qk=qk_mode != "off", norm_mode=norm_mode)
@@ -566,12 +616,12 @@ def score_once(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch
         return ctx.reducer.all_reduce_dict(dict(sorted(qk.items())))
 
     names = list(leaves)
-    sample = ctx.options["sample_input"]
+    sample = ctx.sample_input
     key = (
         bn_mode,
         norm_mode,
         qk_mode,
-        ctx.options.get("attn", "sum"),
+        ctx.options.attn or "sum",
         tuple(sorted(untouched)),
         tuple(b["pixel_values"].shape for b in batches),
     )
@@ -698,4 +748,5 @@ METHOD = Method(
     short_label="PX",
     default_rounds=100,
     resolve_options=resolve_options,
+    options=PxOptions,
 )

@@ -33,6 +33,13 @@ def refresh_policy(value: Any) -> float | None:
     return f
 
 
+def check_refresh(value: Any) -> float | str:
+    """A ``refresh`` value as the options keep it: ``"every"`` or the fraction (a float,
+    also from text such as ``"0.3"``); anything else is refused by :func:`refresh_policy`."""
+    f = refresh_policy(value)
+    return value if f is None else f
+
+
 def kept_density(masks: dict[str, torch.Tensor]) -> float:
     """The kept fraction over all `masks` (what the refresh policy compares)."""
     kept = sum(count_kept(m) for m in masks.values())
