@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
 from ..config import SCOPES
-from ..methods import METHODS, px, pxtrained
+from ..methods import METHODS, px
+from ..methods.options import declared, parse_text
 from ..pruning import check_request
 from ..refs import public_name
 from . import common, output, parsing
@@ -41,18 +43,10 @@ def _check_args(args: argparse.Namespace) -> Path:
         args.private and not args.push_to_hub,
         "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
     )
-    common.error_if(
-        args.px_bn is not None and args.method != "px",
-        f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
-    )
-    common.error_if(
-        args.px_norm is not None and args.method != "px",
-        f"--px-norm only applies to --method px (got --method {args.method}); drop --px-norm",
-    )
-    for flag in ("refresh", "form", "attn"):
+    for method, name, flag, dest in _option_flags():
         common.error_if(
-            getattr(args, f"px_{flag}") is not None and args.method != "px",
-            f"--px-{flag} only applies to --method px (got --method {args.method}); drop it",
+            getattr(args, dest) is not None and args.method != method,
+            f"{flag} only applies to --method {method} (got --method {args.method}); drop {flag}",
         )
     common.error_if(
         bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
@@ -248,17 +242,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
 def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc: Any):
     from ..pruning import prune
 
-    options: dict[str, Any] = {}
-    if args.px_bn is not None:
-        options["bn"] = args.px_bn
-    if args.px_norm is not None:
-        options["norm"] = args.px_norm
-    if args.px_refresh is not None:
-        options["refresh"] = args.px_refresh
-    if args.px_attn is not None:
-        options["attn"] = args.px_attn
-    if args.px_form not in (None, "auto"):
-        options["form"] = args.px_form
+    options = _method_options(args)
     if args.method == "px":  # the summary says which PX: the default follows the weights
         args.px_form_used = px.form_choice(model, options)
     if args.min_density_ratio is not None:
@@ -377,37 +361,7 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         metavar="REGEX",
         help="never prune parameters whose name matches (repeatable)",
     )
-    p.add_argument(
-        "--px-bn",
-        choices=px.BN_MODES,
-        help=f"PX BatchNorm treatment in the auxiliary nets (default: {px.DEFAULTS['bn']})",
-    )
-    p.add_argument(
-        "--px-norm",
-        choices=px.NORM_MODES,
-        help="PX LayerNorm/GroupNorm treatment in the auxiliary nets "
-        f"(default: {px.DEFAULTS['norm']})",
-    )
-    p.add_argument(
-        "--px-form",
-        choices=("auto", *pxtrained.FORMS),
-        help="PX score: 'bound' = the paper's NTK-trace bound, 'fisher' = per-sample "
-        "output-gradient form for trained networks, 'paths' = per-class logit form "
-        "(default auto: fisher when the weights were loaded from a checkpoint, else bound)",
-    )
-    p.add_argument(
-        "--px-attn",
-        choices=("sum", "mean"),
-        help="PX bound: attention's path weights summed over keys or averaged (default: sum)",
-    )
-    p.add_argument(
-        "--px-refresh",
-        type=parsing.refresh,
-        metavar="F|every",
-        help="PX: recompute the data side once the kept density has fallen by F since the "
-        "last recompute, reusing it in between (default: 0.3); 'every' = the paper's full "
-        "recompute every round",
-    )
+    _add_option_flags(p)
     p.add_argument(
         "--min-density-ratio",
         type=parsing.unit_interval,
@@ -422,6 +376,44 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         help="keep the dense model's BatchNorm running statistics (default: re-estimate "
         "them on the calibration data after pruning)",
     )
+
+
+def _option_flags() -> list[tuple[str, str, str, str]]:
+    """(method, option, flag, dest) for every option every method declares: the flag is
+    ``--<method>-<option>`` with underscores as dashes."""
+    out = []
+    for method in METHODS.values():
+        for f in declared(method.options):
+            flag = f"--{method.name}-{f.name}".replace("_", "-")
+            out.append((method.name, f.name, flag, f"{method.name}_{f.name}"))
+    return out
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """The method flags, generated from each method's options declaration: its help,
+    choices and checks (the library's own, so a value is refused by the same rule)."""
+    fields = {
+        (m.name, f.name): (m.options, f) for m in METHODS.values() for f in declared(m.options)
+    }
+    for method, name, flag, dest in _option_flags():
+        options, f = fields[method, name]
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"dest": dest, "help": meta["help"], "default": None}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["type"] = parsing.library_checked(partial(parse_text, options, name))
+            kwargs["metavar"] = meta["metavar"] or meta["kind"].__name__.upper()
+        p.add_argument(flag, **kwargs)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``--method`` given as flags, by option name."""
+    return {
+        name: getattr(args, dest)
+        for method, name, _, dest in _option_flags()
+        if method == args.method and getattr(args, dest) is not None
+    }
 
 
 def _eval_and_push_args(p: argparse.ArgumentParser) -> None:
