@@ -123,8 +123,9 @@ def compute_scores(
     kept) are applied in every pass; pruned weights score 0. The model is left
     exactly as it was. Options: ``exclude`` (regexes), ``accelerator`` (an
     `accelerate.Accelerator`: batches are sharded by process and sums reduced),
-    ``seed``, and method options (px: ``keep_classifier``; grasp: ``temperature``;
-    synflow: ``double``).
+    ``seed``, and the method's options (declared by ``Method.options``: px ``bn``,
+    ``norm``, ``form``, …; grasp ``temperature``; synflow ``double``): a name the method
+    does not declare is a one-line :class:`HfPxError` naming the valid ones.
     """
     m = get_method(method)
     adapter = options.pop("adapter", None) or get_adapter(model)

@@ -75,6 +75,12 @@ def _refuse_unsupported(reference: str) -> None:
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The command's steps in the order the user sees them (check, load, calibrate,
+    evaluate, prune, evaluate, save, push), each a phase with its timing.
+
+    Longer than most on purpose: the steps hand each other the model, the data and the
+    timings, and read top to bottom like the command's progress lines.
+    """
     from ..methods import get_method
 
     t_start = time.perf_counter()
