@@ -85,12 +85,14 @@ class MethodOptions:
                 return _to_bool(value)
             if kind in (int, float) and isinstance(value, bool):
                 raise ValueError(value)
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)  # int() would truncate 2.5 to 2 silently
             return kind(value)
         except (TypeError, ValueError):
             what = _KIND_WORDS.get(kind, kind.__name__)
+            example = "" if f.default is None else f"; give one such as {f.default!r}"
             raise HfPxError(
-                f"{self.method} option {f.name}={value!r} is not {what}; "
-                f"give one such as {f.default!r}"
+                f"{self.method} option {f.name}={value!r} is not {what}{example}"
             ) from None
 
     @classmethod
