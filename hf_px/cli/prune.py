@@ -7,10 +7,11 @@ process writes the checkpoint, pushes, prints and shows progress.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import calibration, distributed
 from ..config import SCOPES
@@ -43,10 +44,11 @@ def _check_args(args: argparse.Namespace) -> Path:
         args.private and not args.push_to_hub,
         "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
     )
-    for method, name, flag, dest in _option_flags():
+    for o in _option_flags():
         common.error_if(
-            getattr(args, dest) is not None and args.method != method,
-            f"{flag} only applies to --method {method} (got --method {args.method}); drop {flag}",
+            getattr(args, o.dest) is not None and args.method != o.method,
+            f"{o.flag} only applies to --method {o.method} (got --method {args.method}); "
+            f"drop {o.flag}",
         )
     common.error_if(
         bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
@@ -384,41 +386,43 @@ def _method_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _option_flags() -> list[tuple[str, str, str, str]]:
-    """(method, option, flag, dest) for every option every method declares: the flag is
-    ``--<method>-<option>`` with underscores as dashes."""
-    out = []
-    for method in METHODS.values():
-        for f in declared(method.options):
-            flag = f"--{method.name}-{f.name}".replace("_", "-")
-            out.append((method.name, f.name, flag, f"{method.name}_{f.name}"))
-    return out
+class _Flag(NamedTuple):
+    method: str
+    options: type  # the method's MethodOptions dataclass
+    field: dataclasses.Field
+    flag: str  # --<method>-<option>, underscores as dashes
+    dest: str
+
+
+def _option_flags() -> list[_Flag]:
+    """A flag for every option every method declares."""
+    return [
+        _Flag(m.name, m.options, f, f"--{m.name}-{f.name}".replace("_", "-"), f"{m.name}_{f.name}")
+        for m in METHODS.values()
+        for f in declared(m.options)
+    ]
 
 
 def _add_option_flags(p: argparse.ArgumentParser) -> None:
     """The method flags, generated from each method's options declaration: its help,
     choices and checks (the library's own, so a value is refused by the same rule)."""
-    fields = {
-        (m.name, f.name): (m.options, f) for m in METHODS.values() for f in declared(m.options)
-    }
-    for method, name, flag, dest in _option_flags():
-        options, f = fields[method, name]
-        meta = f.metadata
-        kwargs: dict[str, Any] = {"dest": dest, "help": meta["help"], "default": None}
+    for o in _option_flags():
+        meta = o.field.metadata
+        kwargs: dict[str, Any] = {"dest": o.dest, "help": meta["help"], "default": None}
         if meta["choices"] is not None:
             kwargs["choices"] = meta["choices"]
         else:
-            kwargs["type"] = parsing.library_checked(partial(parse_text, options, name))
+            kwargs["type"] = parsing.library_checked(partial(parse_text, o.options, o.field.name))
             kwargs["metavar"] = meta["metavar"] or meta["kind"].__name__.upper()
-        p.add_argument(flag, **kwargs)
+        p.add_argument(o.flag, **kwargs)
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of ``--method`` given as flags, by option name."""
     return {
-        name: getattr(args, dest)
-        for method, name, _, dest in _option_flags()
-        if method == args.method and getattr(args, dest) is not None
+        o.field.name: getattr(args, o.dest)
+        for o in _option_flags()
+        if o.method == args.method and getattr(args, o.dest) is not None
     }
 
 
