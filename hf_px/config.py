@@ -79,7 +79,7 @@ class PruningConfig:
             self.hf_px_version = __version__
         if not isinstance(self.method, str):
             raise HfPxError(f"method must be a name such as 'px', got {self.method!r}")
-        get_method(self.method)
+        method = get_method(self.method)
         self.sparsity = check_sparsity(self.sparsity)
         if self.rounds is not None and (not _is_int(self.rounds) or self.rounds < 1):
             raise HfPxError(f"rounds must be a positive integer, got {self.rounds!r}")
@@ -110,6 +110,7 @@ class PruningConfig:
                 setattr(self, name, {})
             elif not isinstance(value, dict):
                 raise HfPxError(f"{name} must be a dict, got {type(value).__name__}")
+        method.parse_options(self.method_options)  # a misspelt option is refused here
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,7 +121,8 @@ class PruningConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
         """Keys this version does not know (another hf-px version wrote them: a newer one's
-        options, an older one's retired fields such as ``schedule``) warn and are dropped."""
+        options, an older one's retired fields such as ``schedule``) warn and are dropped,
+        and so are method options the method does not declare here."""
         if not isinstance(data, dict):
             raise HfPxError(f"a pruning config is a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -131,7 +133,19 @@ class PruningConfig:
                 "version); upgrade hf-px if a newer one wrote them",
                 unknown,
             )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        options = data.get("method_options")
+        if isinstance(options, dict) and isinstance(data.get("method"), str):
+            unknown = get_method(data["method"]).options.unknown(options)
+            if unknown:
+                logger.warning(
+                    "ignoring %s options %s unknown to this hf-px (written by another "
+                    "version); upgrade hf-px if a newer one wrote them",
+                    data["method"],
+                    unknown,
+                )
+                data["method_options"] = {k: v for k, v in options.items() if k not in unknown}
+        return cls(**data)
 
     @classmethod
     def from_json(cls, text: str) -> PruningConfig:

@@ -100,8 +100,10 @@ def _check_masks(masks: dict[str, torch.Tensor] | None, params: dict) -> dict[st
 
 def _score(method: Method, ctx: ScoringContext, batches: list[dict]) -> dict[str, torch.Tensor]:
     shard = ctx.reducer.shard(batches)
-    if batches:
-        ctx.options.setdefault("sample_input", batches[0]["pixel_values"][:1])
+    if isinstance(ctx.options, dict):  # a context built by hand: type its options here
+        ctx = dataclasses.replace(ctx, options=method.parse_options(ctx.options))
+    if batches and ctx.sample_input is None:
+        ctx = dataclasses.replace(ctx, sample_input=batches[0]["pixel_values"][:1])
     with flush_denormal(), torch.enable_grad():
         scores = method.score(ctx, shard)
     # pruned weights carry nothing (exactly 0, never −0.0 or NaN from 0·inf)
@@ -121,8 +123,9 @@ def compute_scores(
     kept) are applied in every pass; pruned weights score 0. The model is left
     exactly as it was. Options: ``exclude`` (regexes), ``accelerator`` (an
     `accelerate.Accelerator`: batches are sharded by process and sums reduced),
-    ``seed``, and method options (px: ``keep_classifier``; grasp: ``temperature``;
-    synflow: ``double``).
+    ``seed``, and the method's options (declared by ``Method.options``: px ``bn``,
+    ``norm``, ``form``, …; grasp ``temperature``; synflow ``double``): a name the method
+    does not declare is a one-line :class:`HfPxError` naming the valid ones.
     """
     m = get_method(method)
     adapter = options.pop("adapter", None) or get_adapter(model)
@@ -136,7 +139,7 @@ def compute_scores(
         reducer=make_reducer(options.pop("accelerator", None)),
         seed=int(options.pop("seed", 0)),
         round_index=int(options.pop("round_index", 0)),
-        options=m.options_for(model, options),
+        options=m.parse_options(m.options_for(model, options)),
     )
     with float32_compute(model):
         return _score(m, ctx, data)
@@ -197,6 +200,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
     rounds = cfg.rounds if cfg.rounds is not None else m.default_rounds
     min_density_ratio = cfg.min_density_ratio
     method_options = m.options_for(model, cfg.method_options)
+    typed_options = m.parse_options(method_options)
     exclude = list(cfg.exclude)
     adapter = get_adapter(model)
     params = _prunable(model, adapter, exclude)
@@ -224,7 +228,7 @@ def _prune(model, batches, cfg: PruningConfig, accelerator, callback) -> Pruning
             reducer=reducer,
             seed=seed,
             round_index=r,
-            options=dict(method_options),
+            options=typed_options,
             cache=cache,
         )
         cache.notes = {}

@@ -256,7 +256,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, overwrite):
         target.mkdir()
         (target / "old.txt").write_text("old")
     # weights and config are written before the records; this one cannot be serialised
-    result.config.method_options["callback"] = object()
+    result.config.calibration["callback"] = object()
     with pytest.raises(HfPxError, match="JSON"):
         save_pruned(model, target, result, format="bitmask", overwrite=overwrite, card=False)
     with pytest.raises(HfPxError, match="JSON"):  # parents it had to create go too
@@ -290,7 +290,7 @@ def test_no_local_path_or_user_in_written_files(tmp_path):
 
 def test_a_leak_the_scrubber_misses_aborts_the_write(tmp_path):
     model, result = pruned(tiny_resnet)
-    result.config.method_options["note"] = f"run from {tmp_path}/work"
+    result.config.calibration["note"] = f"run from {tmp_path}/work"
     with pytest.raises(HfPxFailure, match="local path"):
         save_pruned(model, tmp_path / "out", result, card=False)
     assert list(tmp_path.iterdir()) == []

@@ -371,6 +371,51 @@ def test_usage_errors_exit_2_with_one_line(argv, needle, capsys):
     assert len(err) == 1 and err[0].startswith("hf-px: error: ") and needle in err[0]
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["prune", "m", "--sparsity", "0.9", "--px-nrom", "rms"], "--px-nrom"),
+        (["prune", "m", "--sparsity", "0.9", "--px-qk", "tide"], "invalid choice"),
+        (["prune", "m", "--sparsity", "0.9", "--px-cut-scale", "maybe"], "true or false"),
+        (["prune", "m", "--sparsity", "0.9", "--px-fisher-classes", "x"], "whole number"),
+        (["prune", "m", "--sparsity", "0.9", "--grasp-temperature", "0"], "positive"),
+        (["prune", "m", "--sparsity", "0.9", "--grasp-temperature", "9"], "--method grasp"),
+        (
+            ["prune", "m", "--sparsity", "0.9", "--method", "px", "--synflow-double", "no"],
+            "--synflow-double only applies to --method synflow",
+        ),
+    ],
+)
+def test_method_flags_are_checked_by_the_library_rules(argv, needle, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hf-px: error: ") and needle in err[0]
+
+
+def test_every_declared_method_option_has_its_flag(capsys):
+    """`--<method>-<option>` for every option every method declares, with its help,
+    and the values reach the method's options by name, typed."""
+    from hf_px.cli import prune as prune_cmd
+    from hf_px.cli.main import build_parser
+    from hf_px.methods import METHODS
+    from hf_px.methods.options import declared
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--help"])
+    usage = capsys.readouterr().out
+    for method in METHODS.values():
+        for f in declared(method.options):
+            assert f"--{method.name}-{f.name.replace('_', '-')}" in usage
+    args = build_parser().parse_args(
+        ["prune", "m", "--sparsity", "0.9", "--px-cut-scale", "false", "--px-refresh", "0.2"]
+    )
+    assert prune_cmd._method_options(args) == {"cut_scale": False, "refresh": 0.2}
+    args = build_parser().parse_args(
+        ["prune", "m", "--sparsity", "0.9", "--method", "grasp", "--grasp-temperature", "50"]
+    )
+    assert prune_cmd._method_options(args) == {"temperature": 50.0}
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(HfPxError, match="0.9"):
         run(["prune", "m", "--sparsity", "90", "--debug"])

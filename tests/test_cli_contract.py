@@ -91,7 +91,7 @@ def test_the_user_name_is_refused_in_paths_only(tmp_path, monkeypatch, text, lea
     for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         monkeypatch.setenv(key, "alice")
     model, result = pruned(tiny_resnet)
-    result.config.method_options["note"] = text
+    result.config.calibration["note"] = text
     out = tmp_path / "out"
     if leaks:
         with pytest.raises(HfPxFailure, match="local path or user name"):

@@ -7,12 +7,13 @@ import dataclasses
 import inspect
 import json
 import logging
+import re
 
 import pytest
 import torch
 from conftest import make_batches, tiny_resnet
 
-from hf_px import HfPxError, PruningConfig, prune
+from hf_px import HfPxError, PruningConfig, compute_scores, prune
 
 BAD = [
     {"sparsity": 90},
@@ -74,7 +75,9 @@ def test_prune_takes_a_config_and_keywords_override_it():
 
 
 def test_save_pretrained_from_pretrained_round_trip(tmp_path):
-    cfg = PruningConfig(method="snip", sparsity=0.8, rounds=3, method_options={"k": 1})
+    cfg = PruningConfig(
+        method="grasp", sparsity=0.8, rounds=3, method_options={"temperature": 100.0}
+    )
     path = cfg.save_pretrained(tmp_path / "new" / "dir")  # created
     assert path.name == "pruning_config.json"
     assert PruningConfig.from_pretrained(tmp_path / "new" / "dir") == cfg
@@ -109,3 +112,37 @@ def test_a_config_saved_with_the_retired_schedule_field_still_loads(tmp_path, ca
         cfg = PruningConfig.from_pretrained(tmp_path)
     assert cfg == PruningConfig(sparsity=0.6)
     assert "schedule" in caplog.text and not hasattr(cfg, "schedule")
+
+
+def test_a_misspelt_method_option_is_refused_naming_the_valid_ones():
+    valid = "attn, bn, cut_scale, fisher_classes, form, keep_classifier, norm, qk, refresh"
+    line = f"px has no option 'nrom'; valid: {valid}"
+    batches = make_batches(1, 2)
+    with pytest.raises(HfPxError, match=re.escape(line)):
+        prune(tiny_resnet(), batches, 0.5, "px", rounds=2, nrom="rms")
+    with pytest.raises(HfPxError, match=re.escape(line)):
+        compute_scores(tiny_resnet(), batches, "px", nrom="rms")
+    with pytest.raises(HfPxError, match=re.escape(line)):
+        PruningConfig(method_options={"nrom": "rms"})
+    with pytest.raises(HfPxError, match="magnitude has no option 'temperature'; valid: none"):
+        PruningConfig(method="magnitude", method_options={"temperature": 2})
+    with pytest.raises(HfPxError, match="temperature=0 is not a positive number"):
+        prune(tiny_resnet(), batches, 0.5, "grasp", temperature=0)
+
+
+def test_method_options_are_checked_and_recorded_as_typed():
+    cfg = PruningConfig(method_options={"refresh": "0.25", "cut_scale": "false"})
+    result = prune(tiny_resnet(), make_batches(1, 2), 0.5, "px", rounds=2, config=cfg)
+    recorded = result.config.method_options
+    assert recorded["refresh"] == 0.25 and recorded["cut_scale"] is False
+    assert recorded["form"] == "bound"  # resolved from the weights, recorded
+
+
+def test_a_saved_method_option_this_version_does_not_know_warns_and_is_dropped(tmp_path, caplog):
+    data = PruningConfig(method_options={"bn": "rms"}).to_dict()
+    data["method_options"]["future_knob"] = 3
+    (tmp_path / "pruning_config.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="hf_px"):
+        cfg = PruningConfig.from_pretrained(tmp_path)
+    assert cfg.method_options == {"bn": "rms"}
+    assert "future_knob" in caplog.text

@@ -135,3 +135,18 @@ def test_the_checker_reads_what_it_must():
     assert "hf_px.checkpoint.structured" in imports_of(PACKAGE / "cli" / "structured.py")
     assert "hf_px.checkpoint._bitmask_ext" in imports_of(PACKAGE / "checkpoint" / "bitmask.py")
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: a function longer than this says why in its docstring ("... on purpose: ...")
+LONG_FUNCTION = 80
+
+
+def test_a_long_function_says_why_it_is_long():
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONG_FUNCTION and "on purpose" not in (ast.get_docstring(node) or ""):
+                    unexplained.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name}")
+    assert unexplained == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_px.methods import px
+from hf_px.methods.px import tie
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -18,13 +18,13 @@ def test_sorting_helpers_equal_torch_sort(dtype, n):
     v[1::5] = v[0]  # ties elsewhere
     if n > 4:
         v[4] = -0.0  # sorts as +0.0, in index order
-    assert torch.equal(px._ascending(v), torch.sort(v).values)
-    assert torch.equal(px._stable_order(v), torch.sort(v, stable=True).indices)
+    assert torch.equal(tie.ascending(v), torch.sort(v).values)
+    assert torch.equal(tie.stable_order(v), torch.sort(v, stable=True).indices)
 
 
 def test_stable_order_falls_back_for_negative_and_nan():
     v = torch.tensor([0.5, -1.0, float("nan"), 0.5, 0.0])
-    assert torch.equal(px._stable_order(v), torch.sort(v, stable=True).indices)
+    assert torch.equal(tie.stable_order(v), torch.sort(v, stable=True).indices)
 
 
 @pytest.mark.parametrize("case", ["random", "ties", "same_alive_count", "signed_zero", "negative"])
@@ -45,9 +45,9 @@ def test_numpy_tie_rule_equals_the_torch_rule_bit_for_bit(case, monkeypatch):
     elif case == "negative":
         scores["q"][1, :3] = -1.0
     block = [SimpleNamespace(q="q", k="k", v="v")]
-    fast = px._tie_to_value({n: t.clone() for n, t in scores.items()}, masks, block)
-    monkeypatch.setattr(px, "_numpy_ok", lambda t: False)
-    slow = px._tie_to_value({n: t.clone() for n, t in scores.items()}, masks, block)
+    fast = tie.tie_to_value({n: t.clone() for n, t in scores.items()}, masks, block)
+    monkeypatch.setattr(tie, "_numpy_ok", lambda t: False)
+    slow = tie.tie_to_value({n: t.clone() for n, t in scores.items()}, masks, block)
     for n in "qk":
         assert torch.equal(fast[n].view(torch.int32), slow[n].view(torch.int32)), n
     assert not torch.equal(fast["q"], scores["q"])  # the rule did map q

@@ -8,7 +8,7 @@ from conftest import PixelNet, make_batches, tiny_vit
 from torch import nn
 
 from hf_px import HfPxError, compute_scores, prune
-from hf_px.methods import pxtrained
+from hf_px.methods.px import per_sample as pxtrained
 
 
 def _net():

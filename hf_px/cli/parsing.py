@@ -9,6 +9,8 @@ optimizers), never retyped.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from ..config import FORMATS
 from ..errors import HfPxError
@@ -46,15 +48,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def refresh(text: str) -> str | float:
-    if text == "every":
-        return text
-    try:
-        return fraction(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'every' or a fraction in (0, 1) such as 0.3, got {text!r}"
-        ) from None
+def library_checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a library parser: its one-line `HfPxError` becomes the
+    flag's error, so a value is refused by the rule the library applies."""
+
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except HfPxError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return checked
 
 
 def unit_interval(text: str) -> float:

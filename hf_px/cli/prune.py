@@ -7,14 +7,17 @@ process writes the checkpoint, pushes, prints and shows progress.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import calibration, distributed
 from ..card import Evaluation
 from ..config import SCOPES
-from ..methods import METHODS, px, pxtrained
+from ..methods import METHODS, px
+from ..methods.options import declared, parse_text
 from ..pruning import check_request
 from ..refs import public_name
 from . import common, output, parsing
@@ -42,18 +45,11 @@ def _check_args(args: argparse.Namespace) -> Path:
         args.private and not args.push_to_hub,
         "--private only applies with --push-to-hub REPO_ID; add it or drop --private",
     )
-    common.error_if(
-        args.px_bn is not None and args.method != "px",
-        f"--px-bn only applies to --method px (got --method {args.method}); drop --px-bn",
-    )
-    common.error_if(
-        args.px_norm is not None and args.method != "px",
-        f"--px-norm only applies to --method px (got --method {args.method}); drop --px-norm",
-    )
-    for flag in ("refresh", "form", "attn"):
+    for o in _option_flags():
         common.error_if(
-            getattr(args, f"px_{flag}") is not None and args.method != "px",
-            f"--px-{flag} only applies to --method px (got --method {args.method}); drop it",
+            getattr(args, o.dest) is not None and args.method != o.method,
+            f"{o.flag} only applies to --method {o.method} (got --method {args.method}); "
+            f"drop {o.flag}",
         )
     common.error_if(
         bool(args.eval_dataset or args.eval_split or args.eval_samples) and not args.eval,
@@ -82,6 +78,12 @@ def _refuse_unsupported(reference: str) -> None:
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The command's steps in the order the user sees them (check, load, calibrate,
+    evaluate, prune, evaluate, save, push), each a phase with its timing.
+
+    Longer than most on purpose: the steps hand each other the model, the data and the
+    timings, and read top to bottom like the command's progress lines.
+    """
     from ..methods import get_method
 
     t_start = time.perf_counter()
@@ -264,17 +266,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
 def _run_pruning(model: Any, batches: list[dict], args: argparse.Namespace, acc: Any):
     from ..pruning import prune
 
-    options: dict[str, Any] = {}
-    if args.px_bn is not None:
-        options["bn"] = args.px_bn
-    if args.px_norm is not None:
-        options["norm"] = args.px_norm
-    if args.px_refresh is not None:
-        options["refresh"] = args.px_refresh
-    if args.px_attn is not None:
-        options["attn"] = args.px_attn
-    if args.px_form not in (None, "auto"):
-        options["form"] = args.px_form
+    options = _method_options(args)
     if args.method == "px":  # the summary says which PX: the default follows the weights
         args.px_form_used = px.form_choice(model, options)
     if args.min_density_ratio is not None:
@@ -393,37 +385,7 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         metavar="REGEX",
         help="never prune parameters whose name matches (repeatable)",
     )
-    p.add_argument(
-        "--px-bn",
-        choices=px.BN_MODES,
-        help=f"PX BatchNorm treatment in the auxiliary nets (default: {px.DEFAULTS['bn']})",
-    )
-    p.add_argument(
-        "--px-norm",
-        choices=px.NORM_MODES,
-        help="PX LayerNorm/GroupNorm treatment in the auxiliary nets "
-        f"(default: {px.DEFAULTS['norm']})",
-    )
-    p.add_argument(
-        "--px-form",
-        choices=("auto", *pxtrained.FORMS),
-        help="PX score: 'bound' = the paper's NTK-trace bound, 'fisher' = per-sample "
-        "output-gradient form for trained networks, 'paths' = per-class logit form "
-        "(default auto: fisher when the weights were loaded from a checkpoint, else bound)",
-    )
-    p.add_argument(
-        "--px-attn",
-        choices=("sum", "mean"),
-        help="PX bound: attention's path weights summed over keys or averaged (default: sum)",
-    )
-    p.add_argument(
-        "--px-refresh",
-        type=parsing.refresh,
-        metavar="F|every",
-        help="PX: recompute the data side once the kept density has fallen by F since the "
-        "last recompute, reusing it in between (default: 0.3); 'every' = the paper's full "
-        "recompute every round",
-    )
+    _add_option_flags(p)
     p.add_argument(
         "--min-density-ratio",
         type=parsing.unit_interval,
@@ -438,6 +400,46 @@ def _method_args(p: argparse.ArgumentParser) -> None:
         help="keep the dense model's BatchNorm running statistics (default: re-estimate "
         "them on the calibration data after pruning)",
     )
+
+
+class _Flag(NamedTuple):
+    method: str
+    options: type  # the method's MethodOptions dataclass
+    field: dataclasses.Field
+    flag: str  # --<method>-<option>, underscores as dashes
+    dest: str
+
+
+def _option_flags() -> list[_Flag]:
+    """A flag for every option every method declares."""
+    return [
+        _Flag(m.name, m.options, f, f"--{m.name}-{f.name}".replace("_", "-"), f"{m.name}_{f.name}")
+        for m in METHODS.values()
+        for f in declared(m.options)
+    ]
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """The method flags, generated from each method's options declaration: its help,
+    choices and checks (the library's own, so a value is refused by the same rule)."""
+    for o in _option_flags():
+        meta = o.field.metadata
+        kwargs: dict[str, Any] = {"dest": o.dest, "help": meta["help"], "default": None}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["type"] = parsing.library_checked(partial(parse_text, o.options, o.field.name))
+            kwargs["metavar"] = meta["metavar"] or meta["kind"].__name__.upper()
+        p.add_argument(o.flag, **kwargs)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``--method`` given as flags, by option name."""
+    return {
+        o.field.name: getattr(args, o.dest)
+        for o in _option_flags()
+        if o.method == args.method and getattr(args, o.dest) is not None
+    }
 
 
 def _eval_and_push_args(p: argparse.ArgumentParser) -> None:

@@ -42,6 +42,12 @@ def latency_ms(model: Any, image_size: int, runs: int = 5) -> float:
 
 
 def _prune(args: argparse.Namespace) -> dict[str, Any]:
+    """``hf-px prune-structured``'s steps: load, calibrate, (evaluate), remove units,
+    shrink, (evaluate), save.
+
+    Longer than most on purpose: the steps hand each other the model, the data and the
+    timings, and read top to bottom like the command's progress lines.
+    """
     from ..checkpoint.structured import save_structured
     from ..pruning import recalibrate_batchnorm
     from ..structured import METHODS, prune_structured, shrink

@@ -1,4 +1,5 @@
-"""Scoring methods, one file each; all share the signature ``score(ctx, batches)``."""
+"""Scoring methods, one module (or package, `px/`) each; all share the signature
+``score(ctx, batches)`` and declare their options (`options.py`)."""
 
 from __future__ import annotations
 

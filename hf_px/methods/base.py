@@ -9,6 +9,7 @@ model's own tensors, flags or hooks (the caller checks that).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..adapters import Adapter
 from ..distributed import Reducer
 from ..errors import HfPxError
 from ..utils import times_mask
+from .options import MethodOptions
 
 Batch = dict[str, Any]
 
@@ -68,8 +70,12 @@ class ScoringContext:
     reducer: Reducer = field(default_factory=Reducer)
     seed: int = 0
     round_index: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    #: the method's typed options (`Method.options`); a dict is typed by `pruning._score`
+    options: MethodOptions | dict[str, Any] = field(default_factory=dict)
     cache: RoundCache | None = None  # set by `prune`; None for a single scoring call
+    #: one real input (1×C×H×W) for methods that feed their own (synflow's ones, px's
+    #: kernel net); set by `pruning._score` from the first batch
+    sample_input: torch.Tensor | None = None
 
     def effective(self, name: str) -> torch.Tensor:
         """theta * mask, detached."""
@@ -83,9 +89,11 @@ class Method:
     ``needs_data``: the scores depend on the calibration images. ``needs_sample``:
     data-free (SynFlow feeds ones) but still needs one batch for the input shape.
     ``label``/``short_label``/``citation`` are what the model card prints.
-    ``resolve_options(model, options)``: the options with the defaults that depend on
-    the model filled in (px: ``form`` from whether the weights are trained), called
-    once per prune before the first round; what it returns is what the run records.
+    ``options``: the dataclass of :class:`~.options.MethodOptions` declaring what the
+    method takes (none when not given). ``resolve_options(model, options)``: the
+    options with the defaults that depend on the model filled in (px: ``form`` from
+    whether the weights are trained), called once per prune before the first round;
+    what it returns is what the run records.
     """
 
     name: str
@@ -98,10 +106,28 @@ class Method:
     needs_sample: bool = False
     default_rounds: int = 1
     resolve_options: Callable[[nn.Module, dict[str, Any]], dict[str, Any]] | None = None
+    options: type[MethodOptions] | None = None
+
+    def __post_init__(self) -> None:
+        if self.options is None:  # a method without options still refuses any given
+            empty = dataclasses.make_dataclass(
+                f"{self.name.capitalize()}Options",
+                [],
+                bases=(MethodOptions,),
+                frozen=True,
+                namespace={"method": self.name},
+            )
+            object.__setattr__(self, "options", empty)
+
+    def parse_options(self, options: dict[str, Any]) -> MethodOptions:
+        """`options` typed and checked (an unknown name or a bad value: `HfPxError`)."""
+        return self.options.from_dict(options)
 
     def options_for(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-        """`options` with the model-dependent defaults filled in (a copy)."""
-        options = dict(options)
+        """`options` checked, normalised (``"0.3"`` → 0.3) and with the model-dependent
+        defaults filled in: what a run uses and records (a new dict)."""
+        typed = self.parse_options(options)
+        options = {k: getattr(typed, k) for k in options}
         return self.resolve_options(model, options) if self.resolve_options else options
 
     @property

@@ -9,9 +9,12 @@ Hg = Σ_b ∇(gᵀ∇L_b), all-reduced again. The paper removes the largest
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..errors import HfPxError
 from .base import (
     Batch,
     Method,
@@ -22,13 +25,38 @@ from .base import (
     masked_tensors,
     model_mode,
 )
+from .options import MethodOptions, option
 from .snip import loss_gradients
 
 TEMPERATURE = 200.0
 
 
+def _positive(value: object) -> float:
+    """A temperature divides the logits: it must be a positive number."""
+    try:
+        t = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not t > 0 or isinstance(value, bool):
+        raise HfPxError(f"grasp option temperature={value!r} is not a positive number; e.g. 200")
+    return t
+
+
+@dataclass(frozen=True)
+class GraspOptions(MethodOptions):
+    method: ClassVar[str] = "grasp"
+
+    temperature: float = option(
+        TEMPERATURE,
+        f"GraSP: the logits are divided by this before the loss (default: {TEMPERATURE:g}, "
+        "the reference code's)",
+        check=_positive,
+        metavar="T",
+    )
+
+
 def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
-    temperature = float(ctx.options.get("temperature", TEMPERATURE))
+    temperature = ctx.options.temperature
     tensors = masked_tensors(ctx)
     leaves = {n: tensors[n].clone().requires_grad_(True) for n in ctx.params}
     tensors.update(leaves)
@@ -70,4 +98,5 @@ METHOD = Method(
     citation='Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving '
     'Gradient Flow", ICLR 2020',
     needs_labels=True,
+    options=GraspOptions,
 )

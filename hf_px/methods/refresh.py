@@ -33,6 +33,30 @@ def refresh_policy(value: Any) -> float | None:
     return f
 
 
+def check_refresh(value: Any) -> float | str:
+    """A ``refresh`` value as the options keep it: ``"every"`` or the fraction (a float,
+    also from text such as ``"0.3"``); anything else is refused by :func:`refresh_policy`."""
+    f = refresh_policy(value)
+    return value if f is None else f
+
+
+def reusable(ctx: Any, slot: str, key: tuple) -> tuple[Any, bool, float | None, float]:
+    """(stored, reuse, policy, density) for a round: what ``ctx.cache.store[slot]`` holds
+    (an entry with ``key`` and ``density``), whether this round may reuse it (same key,
+    and the kept density has not yet fallen by the policy's fraction), the policy and
+    the current kept density."""
+    policy = refresh_policy(ctx.options.refresh)
+    density = kept_density(ctx.masks)
+    stored = ctx.cache.store.get(slot) if ctx.cache is not None else None
+    reuse = (
+        policy is not None
+        and stored is not None
+        and stored.key == key
+        and density > (1.0 - policy) * stored.density
+    )
+    return stored, reuse, policy, density
+
+
 def kept_density(masks: dict[str, torch.Tensor]) -> float:
     """The kept fraction over all `masks` (what the refresh policy compares)."""
     kept = sum(count_kept(m) for m in masks.values())

@@ -10,20 +10,33 @@ Only the input's shape is read from the data.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .base import Batch, Method, ScoringContext, call, masked_tensors, model_mode
+from .options import MethodOptions, option
+
+
+@dataclass(frozen=True)
+class SynflowOptions(MethodOptions):
+    method: ClassVar[str] = "synflow"
+
+    double: bool = option(
+        True,
+        "SynFlow: compute in float64 (default: true; float32 overflows on deep nets)",
+    )
 
 
 def score(ctx: ScoringContext, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
-    dtype = torch.float64 if ctx.options.get("double", True) else torch.float32
+    dtype = torch.float64 if ctx.options.double else torch.float32
     tensors = {n: t.abs().to(dtype) for n, t in masked_tensors(ctx).items()}
     for n, b in ctx.model.named_buffers():
         tensors[n] = b.abs().to(dtype) if b.is_floating_point() else b.clone()
     leaves = {n: tensors[n].clone().requires_grad_(True) for n in ctx.params}
     tensors.update(leaves)
-    sample = ctx.options["sample_input"]
+    sample = ctx.sample_input
     ones = torch.ones((1,) + tuple(sample.shape[1:]), dtype=dtype, device=sample.device)
     with model_mode(ctx.model):
         r = call(ctx.model, tensors, ones).sum()
@@ -45,4 +58,5 @@ METHOD = Method(
     needs_data=False,
     needs_sample=True,  # data-free, but the ones it feeds take a real batch's shape
     default_rounds=100,
+    options=SynflowOptions,
 )

@@ -88,7 +88,11 @@ def prune_structured(
 ) -> StructuredResult:
     """Remove units of the kinds `structure` names until `remove` of the model's
     `target` ("macs": per image at `image_size`, default the batches'; "params") is
-    gone; zeroes the removed units' weights in place and returns which units stay."""
+    gone; zeroes the removed units' weights in place and returns which units stay.
+
+    Longer than most on purpose: the round loop (score units, select against the cost
+    model, zero, record) reads top to bottom in one place, as `hf_px.prune`'s does.
+    """
     check_settings(remove, target, method, rounds)
     m = METHODS[method]
     data = list(batches or [])

@@ -35,12 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import Batch, ScoringContext, call, hooks, masked_tensors, model_mode, timed
-from .refresh import DEFAULT_REFRESH, kept_density, refresh_policy
-
-FORMS = ("bound", "paths", "fisher")
-DEFAULT_FISHER_CLASSES = 8
-
+from ..base import Batch, ScoringContext, call, hooks, masked_tensors, model_mode, timed
+from ..refresh import reusable
 
 #: per-sample gradients are formed and squared in float64: a score that is 0 in exact
 #: arithmetic (cancelling paths) must not come out as float32 round-off
@@ -132,7 +128,7 @@ def curvature(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[
     for n in ctx.params:  # leaves only so that every layer output is in the graph
         tensors[n] = tensors[n].clone().requires_grad_(True)
     handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
-    n_classes = int(ctx.options.get("fisher_classes", DEFAULT_FISHER_CLASSES))
+    n_classes = ctx.options.fisher_classes
     with model_mode(model), hooks(handles), torch.enable_grad():
         for batch in batches:
             calls.clear()
@@ -163,17 +159,10 @@ def curvature(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[
 def score(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[str, torch.Tensor]:
     """θ² × the per-sample curvature of ``form``; reused across rounds like PX's data side
     (``refresh``), the θ² factor always from the current masks."""
-    policy = refresh_policy(ctx.options.get("refresh", DEFAULT_REFRESH))
-    key = (form, ctx.options.get("fisher_classes"), tuple(b["pixel_values"].shape for b in batches))
-    density = kept_density(ctx.masks)
+    key = (form, ctx.options.fisher_classes, tuple(b["pixel_values"].shape for b in batches))
+    old, reuse, policy, density = reusable(ctx, "px_trained", key)
     cache = ctx.cache
-    old = cache.store.get("px_trained") if cache is not None else None
-    if (
-        policy is not None
-        and isinstance(old, _Curvature)
-        and old.key == key
-        and density > (1.0 - policy) * old.density
-    ):
+    if reuse:
         sums = old.sums
         cache.notes["data_refreshed"] = False
     else:
