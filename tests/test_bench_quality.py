@@ -94,7 +94,6 @@ def test_density_table_lists_every_tensor_and_method():
 
 
 @pytest.mark.slow
-@pytest.mark.ci
 def test_quick_mode_json_and_docs(tmp_path):
     out = tmp_path / "quick.json"
     cache = tmp_path / "runs.jsonl"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted((ROOT / "scripts").glob("bench_*.py"))
 
@@ -41,6 +43,7 @@ def test_every_bench_script_imports_and_answers_help():
         assert f"usage: {script.name}" in proc.stdout or f"usage: {script}" in proc.stdout, script
 
 
+@pytest.mark.slow
 def test_bench_speed_quick_mode():
     """`bench_speed.py --quick` (tiny configs): every variant is smaller, computes the
     masked function, and gets timed; one model keeps it to seconds."""

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import CHILD_THREADS, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_passes_every_step_on_cpu(tmp_path):
     env = subprocess_env(
         drop=("HF_", "ACCELERATE_"),
