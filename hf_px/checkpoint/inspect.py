@@ -32,7 +32,6 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     over all tensors of rank ≥ 2), ``tensors`` ({name: shape, dtype, numel,
     zeros, sparsity, storage, stored_bytes}), ``pruning_config`` (or None).
     """
-    from safetensors import safe_open
 
     root = Path(path).expanduser()
     if not (root / "config.json").is_file():
@@ -44,47 +43,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     check_weight_files(root)
     tensors: dict[str, dict[str, Any]] = {}
     for fname in files:
-        with safe_open(str(root / fname), framework="pt") as f:
-            keys = set(f.keys())
-            # these indices list kept positions, a kept weight that is 0 among them
-            coding = read_masks_metadata((f.metadata() or {}).get(MASKS_METADATA, "[]"))
-            mask_coded = {key for key in coding.values() if key is not None}
-            for key in sorted(keys):
-                if key == MARKER_KEY or key.endswith(INDEX_SUFFIX):
-                    continue
-                sl = f.get_slice(key)
-                dtype = sl.get_dtype()
-                idx_key = key + INDEX_SUFFIX
-                if idx_key in keys:
-                    idx = f.get_tensor(idx_key)
-                    head = bitmask.read_header(idx)
-                    shape = list(head.shape)
-                    numel = head.numel
-                    if head.codec == bitmask.CODEC_FULL:  # every element stored, zeros too
-                        zeros = int((f.get_tensor(key) == 0).sum())
-                    elif key in mask_coded:
-                        zeros = numel - head.count + int((f.get_tensor(key) == 0).sum())
-                    else:
-                        zeros = numel - head.count
-                    width = _DTYPE_BITS.get(dtype, 8) // 8
-                    stored_bytes = sl.get_shape()[0] * width + idx.numel()
-                    storage = head.codec_name
-                else:
-                    t = f.get_tensor(key)
-                    shape = list(t.shape)
-                    numel = t.numel()
-                    zeros = int((t == 0).sum()) if t.numel() else 0
-                    stored_bytes = numel * t.element_size()
-                    storage = "dense"
-                tensors[key] = {
-                    "shape": shape,
-                    "dtype": dtype,
-                    "numel": numel,
-                    "zeros": zeros,
-                    "sparsity": zeros / numel if numel else 0.0,
-                    "storage": storage,
-                    "stored_bytes": stored_bytes,
-                }
+        tensors.update(_describe_file(root / fname))
     report = read_checkpoint_json(root / REPORT_NAME)
     pruned = _pruned_tensors(tensors, (report or {}).get("per_tensor", {}))
     scope = pruned or {k for k, v in tensors.items() if len(v["shape"]) >= 2}
@@ -104,6 +63,56 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "tensors": tensors,
         "pruning_config": read_checkpoint_json(root / CONFIG_NAME),
     }
+
+
+def _describe_file(path: Path) -> dict[str, dict[str, Any]]:
+    """Per stored tensor of one safetensors file: shape, dtype, numel, zeros, sparsity,
+    storage and stored bytes (a bitmask tensor described from its index)."""
+    from safetensors import safe_open
+
+    tensors: dict[str, dict[str, Any]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        # these indices list kept positions, a kept weight that is 0 among them
+        coding = read_masks_metadata((f.metadata() or {}).get(MASKS_METADATA, "[]"))
+        mask_coded = {key for key in coding.values() if key is not None}
+        for key in sorted(keys):
+            if key == MARKER_KEY or key.endswith(INDEX_SUFFIX):
+                continue
+            sl = f.get_slice(key)
+            dtype = sl.get_dtype()
+            idx_key = key + INDEX_SUFFIX
+            if idx_key in keys:
+                idx = f.get_tensor(idx_key)
+                head = bitmask.read_header(idx)
+                shape = list(head.shape)
+                numel = head.numel
+                if head.codec == bitmask.CODEC_FULL:  # every element stored, zeros too
+                    zeros = int((f.get_tensor(key) == 0).sum())
+                elif key in mask_coded:
+                    zeros = numel - head.count + int((f.get_tensor(key) == 0).sum())
+                else:
+                    zeros = numel - head.count
+                width = _DTYPE_BITS.get(dtype, 8) // 8
+                stored_bytes = sl.get_shape()[0] * width + idx.numel()
+                storage = head.codec_name
+            else:
+                t = f.get_tensor(key)
+                shape = list(t.shape)
+                numel = t.numel()
+                zeros = int((t == 0).sum()) if t.numel() else 0
+                stored_bytes = numel * t.element_size()
+                storage = "dense"
+            tensors[key] = {
+                "shape": shape,
+                "dtype": dtype,
+                "numel": numel,
+                "zeros": zeros,
+                "sparsity": zeros / numel if numel else 0.0,
+                "storage": storage,
+                "stored_bytes": stored_bytes,
+            }
+    return tensors
 
 
 def _pruned_tensors(tensors: dict[str, dict], per_tensor: dict[str, dict]) -> set[str]:

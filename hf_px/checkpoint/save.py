@@ -90,26 +90,10 @@ def save_pruned(
     the card's loading snippet loads (else the folder itself, ``"."``). Raises
     :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
     """
-    if format not in FORMATS:
-        raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
-    if not isinstance(model, nn.Module) or not hasattr(model, "save_pretrained"):
-        raise HfPxError(
-            "save_pruned needs a transformers model (e.g. from AutoModelForImageClassification)"
-        )
-    if not isinstance(result, PruningResult):
-        raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
-    _check_masks(model, result)
+    _check_save_args(model, result, format)
     target = Path(output_dir).expanduser()
     check_output_dir(target, overwrite, _input_dirs(model, source))
-
-    # absolute paths in the run's own records would leak the machine's layout
-    result = dataclasses.replace(
-        result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
-    )
-    calibration = scrub_paths(calibration)
-    if evaluation is not None:  # one spelling from here on (card, report)
-        as_dict = evaluation.to_dict() if isinstance(evaluation, Evaluation) else evaluation
-        evaluation = Evaluation.from_mapping(scrub_paths(as_dict))
+    result, calibration, evaluation = _public_records(result, calibration, evaluation)
     parent = target.absolute().parent
     with _new_parents(parent), _staging(parent, target.name) as tmp:
         # transformers writes the checkpoint (original) key names that every version
@@ -155,6 +139,30 @@ def save_pruned(
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _check_save_args(model: nn.Module, result: PruningResult, format: str) -> None:
+    if format not in FORMATS:
+        raise HfPxError(f"unknown checkpoint format {format!r}; choose 'dense' or 'bitmask'")
+    if not isinstance(model, nn.Module) or not hasattr(model, "save_pretrained"):
+        raise HfPxError(
+            "save_pruned needs a transformers model (e.g. from AutoModelForImageClassification)"
+        )
+    if not isinstance(result, PruningResult):
+        raise HfPxError("`result` must be the PruningResult returned by hf_px.prune")
+    _check_masks(model, result)
+
+
+def _public_records(result: PruningResult, calibration: Any, evaluation: Any) -> tuple:
+    """The run's records with local paths scrubbed (they would leak the machine's
+    layout), the evaluation in its one spelling from here on (card, report)."""
+    result = dataclasses.replace(
+        result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
+    )
+    if evaluation is not None:
+        as_dict = evaluation.to_dict() if isinstance(evaluation, Evaluation) else evaluation
+        evaluation = Evaluation.from_mapping(scrub_paths(as_dict))
+    return result, scrub_paths(calibration), evaluation
 
 
 def _check_masks(model: nn.Module, result: PruningResult) -> None:
