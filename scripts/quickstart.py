@@ -12,8 +12,10 @@ What it runs, offline, each step a fresh process as a user would::
 ``digits`` holds scikit-learn's digits split as the shipped model was trained
 (``scripts/train_digits_model.py``: 1,347 ``train``, 450 held-out ``test``),
 written with ``DatasetDict.save_to_disk``. Pruning calibrates on the built-in
-digits (10 per class) and measures top-1 on ``test`` before and after; 20
-rounds instead of PX's default 100 keep it near a minute on 2 CPU cores.
+digits (10 per class) and measures top-1 on ``test`` before and after; the
+shipped weights are loaded from a checkpoint, so PX runs its form for trained
+weights (``fisher``); 20 rounds instead of PX's default 100 (the per-sample
+curvature is recomputed at 7 of them either way).
 Fine-tuning runs `transformers.Trainer` on ``train`` with the saved masks held
 fixed. Then a fresh interpreter reloads the fine-tuned ``bitmask`` checkpoint
 (``import hf_px`` + ``AutoModelForImageClassification.from_pretrained``),
