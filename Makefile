@@ -26,7 +26,8 @@ test: install
 # The numerically sensitive files once more with torch's portable kernels (no SIMD), so a
 # result that hinges on the CPU's vector unit fails here as well as on the machine that has it.
 ISA_FILES := tests/test_px_cache.py tests/test_px_roundoff.py tests/test_px_tie.py \
-	tests/test_px_determinism.py tests/test_px_bruteforce.py tests/test_families.py
+	tests/test_px_determinism.py tests/test_px_bruteforce.py tests/test_families.py \
+	tests/test_px_trained.py tests/test_px_form_default.py
 test-isa: install
 	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m "not slow" -n 2 --dist loadscope $(ISA_FILES)
 
