@@ -29,7 +29,7 @@ recipe, with the per-tensor kept fractions; cached runs are skipped.
 
     python scripts/bench_pretrained.py --families vit --methods px snip --sparsities 0.9
     python scripts/bench_pretrained.py --densities vit 0.9     # kept % per tensor, from the cache
-    python scripts/bench_pretrained.py --write-docs            # tables into docs/benchmarks.md
+    python scripts/bench_pretrained.py --write-docs            # tables into docs/benchmarks.md, README, method.md
     python scripts/bench_pretrained.py --quick                 # tiny models in a temp dir, ~1 min
 """
 
@@ -354,19 +354,122 @@ def density_lines(rows, family, sparsity, seed=0, models=None) -> str:
     return "\n".join(lines)
 
 
-def write_docs(rows, path: Path) -> None:
-    """The tables of the runs on the cached models (``train_fmnist_models.py``'s default
-    root) into `path`; runs on other models (earlier proxies) stay in the JSONL only."""
-    root = tfm.default_root()
-    rows = [r for r in rows if Path(r.get("models", root)) == root]
+DEFAULT_PX = "px[form=fisher]"  # what `px` resolves to on a loaded checkpoint
+SUMMARY_BASELINES = ("snip", "magnitude", "wanda")
+LABELS = {"vit": "ViT", "resnet": "ResNet", "convnext": "ConvNeXt"}
+
+
+def _cell_runs(rows, family, method, sparsity, finetuned) -> dict[int, dict]:
+    """{seed: run} of one cell: runs with a fine-tune, or the prune-only screening runs."""
+    return {
+        r["seed"]: r
+        for r in rows
+        if r["family"] == family
+        and r["method"] == method
+        and r["sparsity"] == sparsity
+        and (r["after_finetune"] is not None) == finetuned
+    }
+
+
+def _seeds_note(n: int) -> str:
+    return "" if n >= 3 else f" [{n}]"
+
+
+def summary_table(rows) -> str:
+    """README's table: default px against SNIP, magnitude and Wanda on the seeds px has,
+    right after pruning -> after the fine-tune; the best fine-tuned mean in bold."""
+    methods = (DEFAULT_PX, *SUMMARY_BASELINES)
+    out = [
+        "| model | sparsity | px (default) | " + " | ".join(SUMMARY_BASELINES) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for family, label in LABELS.items():
+        for s in (0.7, 0.9, 0.95):
+            seeds = set(_cell_runs(rows, family, DEFAULT_PX, s, True))
+            if not seeds:
+                continue
+            cells = []
+            for m in methods:
+                runs = [r for k, r in _cell_runs(rows, family, m, s, True).items() if k in seeds]
+                if not runs:
+                    cells.append(None)
+                    continue
+                ap = statistics.fmean(r["after_prune"] for r in runs)
+                ft = statistics.fmean(r["after_finetune"] for r in runs)
+                cells.append((ft, f"{100 * ap:.1f} → {100 * ft:.1f}"))
+            best = round(100 * max(c[0] for c in cells if c), 1)  # ties as printed
+            text = [
+                "–" if c is None else (f"**{c[1]}**" if round(100 * c[0], 1) == best else c[1])
+                for c in cells
+            ]
+            n = len(seeds)
+            spars = f"{100 * s:g}%" + ("" if n >= 3 else f" ({n} seed{'s' * (n > 1)})")
+            out.append(f"| {label} | {spars} | " + " | ".join(text) + " |")
+    return "\n".join(out)
+
+
+def goals_table(rows) -> str:
+    """method.md's table: default px against the best other method of each cell (same
+    seeds as px; [n] = seeds when fewer than 3)."""
+    moments = (
+        ("right after pruning", (0.5, 0.7), False, "after_prune"),
+        ("after the fine-tune", (0.7, 0.9, 0.95), True, "after_finetune"),
+    )
+    out = [
+        "| family | moment | sparsity | default px (fisher form) | best other method | difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family in LABELS:
+        for moment, sparsities, finetuned, key in moments:
+            for s in sparsities:
+                px = _cell_runs(rows, family, DEFAULT_PX, s, finetuned)
+                if not px:
+                    continue
+                others = {r["method"] for r in rows} - {DEFAULT_PX, "dense"}
+                best = None
+                for m in sorted(others):
+                    runs = [
+                        r for k, r in _cell_runs(rows, family, m, s, finetuned).items() if k in px
+                    ]
+                    if runs:
+                        mean = statistics.fmean(r[key] for r in runs)
+                        if best is None or mean > best[0]:
+                            best = (mean, m, len(runs))
+                mine = statistics.fmean(r[key] for r in px.values())
+                if best is None:
+                    continue
+                out.append(
+                    f"| {family} | {moment} | {100 * s:g}% | {100 * mine:.1f}{_seeds_note(len(px))} "
+                    f"| {best[1]} {100 * best[0]:.1f}{_seeds_note(best[2])} "
+                    f"| {100 * (mine - best[0]):+.1f} |"
+                )
+    return "\n".join(out)
+
+
+def _replace_block(path: Path, name: str, body: str) -> None:
+    """Swap the text between ``<!-- bench_pretrained:NAME:begin -->`` and its end marker
+    (appended at the end of the file the first time)."""
+    begin = BEGIN if name == "tables" else f"<!-- bench_pretrained:{name}:begin -->"
+    end = END if name == "tables" else f"<!-- bench_pretrained:{name}:end -->"
     text = path.read_text()
-    block = f"{BEGIN}\n\n{tables(rows)}\n{END}"
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + block + text[end:]
+    block = f"{begin}\n\n{body}\n\n{end}"
+    if begin in text:
+        start, stop = text.index(begin), text.index(end) + len(end)
+        text = text[:start] + block + text[stop:]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def write_docs(rows, root: Path) -> None:
+    """The tables of the runs on the cached models (``train_fmnist_models.py``'s default
+    root): every run in docs/benchmarks.md, the summary in README.md, the default's
+    table in docs/method.md. Runs on other models (earlier proxies) stay in the JSONL only."""
+    models = tfm.default_root()
+    rows = [r for r in rows if Path(r.get("models", models)) == models]
+    _replace_block(root / "docs" / "benchmarks.md", "tables", tables(rows).rstrip("\n"))
+    _replace_block(root / "README.md", "summary", summary_table(rows))
+    _replace_block(root / "docs" / "method.md", "goals", goals_table(rows))
 
 
 # ---------------------------------------------------------------- main
@@ -390,7 +493,11 @@ def main(argv=None) -> int:
     p.add_argument("--test-images", type=int, default=PROTOCOL["test_images"])
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--densities", nargs=2, metavar=("FAMILY", "SPARSITY"))
-    p.add_argument("--write-docs", action="store_true", help="tables into docs/benchmarks.md")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="tables into docs/benchmarks.md, README.md, docs/method.md",
+    )
     p.add_argument("--quick", action="store_true", help="tiny models in a temp dir (smoke test)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -401,7 +508,7 @@ def main(argv=None) -> int:
         print(density_lines(rows, a.densities[0], float(a.densities[1]), models=a.models_dir))
         return 0
     if a.write_docs:
-        write_docs(list(Cache(a.cache).rows.values()), ROOT / "docs" / "benchmarks.md")
+        write_docs(list(Cache(a.cache).rows.values()), ROOT)
         return 0
     proto = dict(QUICK if a.quick else PROTOCOL, rounds=2 if a.quick else a.rounds)
     if not a.quick:
