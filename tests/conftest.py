@@ -118,6 +118,40 @@ def sparse(shape, density: float, dtype=torch.float32, seed: int = 0) -> torch.T
     return torch.where(keep, t, torch.zeros((), dtype=dtype))
 
 
+@pytest.fixture
+def in_process(monkeypatch):
+    """`hf_px.cli.main.run` in this process, with the logging/env changes it makes undone after."""
+    import logging
+
+    from hf_px.cli.main import run
+
+    log = logging.getLogger("hf_px")
+    saved = (list(log.handlers), log.level, log.propagate)
+    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(key, os.environ.get(key, "0"))
+    for key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
+        monkeypatch.setenv(key, os.environ.get(key, "warning"))
+    yield run
+    log.handlers[:], log.level, log.propagate = saved
+
+
+@pytest.fixture
+def cli(in_process, capsys, monkeypatch):
+    """`hf-px ARGS` run from `cwd` in this process, returned as a CompletedProcess: for the
+    error contract and checks that need no process of their own (a subprocess pays ~5 s of
+    imports; what only a process shows -- signals, exit codes, imports -- keeps one)."""
+    import subprocess
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = in_process(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call
+
+
 ROOT = Path(__file__).resolve().parents[1]
 _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

@@ -1,4 +1,5 @@
-"""The `hf-px` command line, end to end, in subprocesses as a user runs it.
+"""The `hf-px` command line, end to end, in subprocesses as a user runs it (the error
+cases that need no process of their own run in this process: the `cli` fixture).
 
 prune → inspect → eval → reload with plain `from_pretrained`; `--json` parsed;
 every error case with its exit code and a one-line message naming
@@ -26,21 +27,6 @@ from hf_px.cli.resolve import SHIPPED, default_output_dir, model_name, sparsity_
 from hf_px.errors import HfPxError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """`run()` in this process, with the logging/env changes it makes undone after."""
-    import logging
-
-    log = logging.getLogger("hf_px")
-    saved = (list(log.handlers), log.level, log.propagate)
-    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(key, os.environ.get(key, "0"))
-    for key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
-        monkeypatch.setenv(key, os.environ.get(key, "warning"))
-    yield run
-    log.handlers[:], log.level, log.propagate = saved
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -282,12 +268,12 @@ def test_px_form_follows_the_loaded_weights_and_is_said(tmp_path, capsys, in_pro
 
 
 # -- errors, as a new user meets them ----------------------------------------------------------
-def test_sparsity_given_as_percent(tmp_path):
-    proc = hfpx("prune", "px-digits-resnet", "--sparsity", "90", cwd=tmp_path)
+def test_sparsity_given_as_percent(tmp_path, cli):
+    proc = cli("prune", "px-digits-resnet", "--sparsity", "90", cwd=tmp_path)
     _assert_one_line_error(proc, 2, "0.9")
 
 
-def test_text_model_is_refused(tmp_path):
+def test_text_model_is_refused(tmp_path, cli):
     from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(
@@ -298,13 +284,13 @@ def test_text_model_is_refused(tmp_path):
         intermediate_size=8,
     )
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny-bert")
-    proc = hfpx("prune", str(tmp_path / "tiny-bert"), "--sparsity", "0.9", cwd=tmp_path)
+    proc = cli("prune", str(tmp_path / "tiny-bert"), "--sparsity", "0.9", cwd=tmp_path)
     _assert_one_line_error(proc, 2, "bert", "image classifier")
     assert not (tmp_path / "tiny-bert-px90").exists()
 
 
-def test_hub_id_while_offline(tmp_path):
-    proc = hfpx("prune", "google/vit-base-patch16-224", "--sparsity", "0.9", cwd=tmp_path)
+def test_hub_id_while_offline(tmp_path, cli):
+    proc = cli("prune", "google/vit-base-patch16-224", "--sparsity", "0.9", cwd=tmp_path)
     _assert_one_line_error(proc, 2, "HF_HUB_OFFLINE")
 
 
@@ -322,8 +308,8 @@ def test_misspelled_model_id_against_a_hub(tmp_path):
     _assert_one_line_error(proc, 2, "vit-bsae-patch16-224", "check the model id")
 
 
-def test_missing_dataset_path(tmp_path):
-    proc = hfpx(
+def test_missing_dataset_path(tmp_path, cli):
+    proc = cli(
         "prune",
         "px-digits-resnet",
         "--sparsity",

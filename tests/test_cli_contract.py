@@ -1,8 +1,9 @@
 """What a new user hits first: the privacy check, --json on errors,
 quiet output, checks before the expensive work, atomic and interruptible writes.
 
-Commands run in subprocesses as a user runs them; Hub ids are served by the local
-Hub-protocol server of tests/hub_server.py.
+Commands run in subprocesses as a user runs them where the process is under test (signals,
+bars, imports, a Hub endpoint read at import), in this process (the `cli` fixture) for the
+error contract; Hub ids are served by the local Hub-protocol server of tests/hub_server.py.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ def test_the_user_name_is_refused_in_paths_only(tmp_path, monkeypatch, text, lea
         (["push", "no-such-dir", "alice/x", "--json"], 2),
     ],
 )
-def test_json_failure_is_one_object(tmp_path, argv, code):
-    obj = _json_error(hfpx(*argv, cwd=tmp_path), code)
+def test_json_failure_is_one_object(tmp_path, argv, code, cli):
+    obj = _json_error(cli(*argv, cwd=tmp_path), code)
     assert set(obj) == {"error", "exit_code"}
 
 
@@ -132,13 +133,13 @@ def test_failed_push_keeps_what_the_prune_did(hub, tmp_path):
 
 @pytest.mark.parametrize("damaged", ["config.json", "model.safetensors"])
 @pytest.mark.parametrize("command", ["inspect", "prune"])
-def test_a_corrupt_file_is_named_corrupt(tmp_path, damaged, command):
+def test_a_corrupt_file_is_named_corrupt(tmp_path, damaged, command, cli):
     src = tmp_path / "model"
     _save_tiny_vit(src)
     path = src / damaged
     path.write_bytes(path.read_bytes()[:40])  # truncated
     extra = ["--sparsity", "0.5", "--method", "magnitude"] if command == "prune" else []
-    obj = _json_error(hfpx(command, str(src), *extra, "--json", cwd=tmp_path), 2)
+    obj = _json_error(cli(command, str(src), *extra, "--json", cwd=tmp_path), 2)
     assert damaged in obj["error"] and "corrupt" in obj["error"], obj["error"]
     assert "no config.json" not in obj["error"]
 
@@ -231,7 +232,7 @@ def test_early_refusals_happen_before_any_model_is_read(hub, tmp_path):
         print(f"{elapsed:.2f}s to: {obj['error']}")
 
 
-def test_output_inside_an_input_is_refused_before_loading(tmp_path):
+def test_output_inside_an_input_is_refused_before_loading(tmp_path, cli):
     src = tmp_path / "model"
     _save_tiny_vit(src)
     data = _digits_folder(tmp_path, per_class=2)
@@ -239,7 +240,7 @@ def test_output_inside_an_input_is_refused_before_loading(tmp_path):
         ["--output-dir", str(src / "pruned")],
         ["--output-dir", str(data / "pruned"), "--dataset", str(data)],
     ):
-        proc = hfpx(
+        proc = cli(
             "prune", str(src), "--sparsity", "0.5", "--method", "magnitude", *argv, cwd=tmp_path
         )
         assert proc.returncode == 2, proc.stderr[-2000:]
@@ -339,13 +340,15 @@ import json, sys, torch
 from transformers import AutoModelForImageClassification
 
 out = {}
-for name, kw in json.loads(sys.argv[2]).items():
-    kw = {k: getattr(torch, v[6:]) if str(v).startswith("torch.") else v for k, v in kw.items()}
-    try:
-        AutoModelForImageClassification.from_pretrained(sys.argv[1], **kw)
-        out[name] = "loaded"
-    except Exception as exc:
-        out[name] = "refused: " + str(exc)[:200]
+for label, path in json.loads(sys.argv[1]).items():
+    out[label] = {}
+    for name, kw in json.loads(sys.argv[2]).items():
+        kw = {k: getattr(torch, v[6:]) if str(v).startswith("torch.") else v for k, v in kw.items()}
+        try:
+            AutoModelForImageClassification.from_pretrained(path, **kw)
+            out[label][name] = "loaded"
+        except Exception as exc:
+            out[label][name] = "refused: " + str(exc)[:200]
 assert "hf_px" not in sys.modules
 print(json.dumps(out))
 """
@@ -363,21 +366,39 @@ KEYWORDS = {
 }
 
 
-@pytest.mark.parametrize("shard", ["5GB", "20KB"])
-def test_bitmask_without_hf_px_is_refused_whatever_the_keywords(tmp_path, shard):
+SHARDS = ("5GB", "20KB")  # one file; many shards
+
+
+@pytest.fixture(scope="module")
+def loaded_without_hf_px(tmp_path_factory):
+    """One interpreter that never imports hf_px loads bitmask checkpoints (one file,
+    sharded) with each keyword set: ({shard: {keywords: outcome}}, its stderr)."""
+    tmp = tmp_path_factory.mktemp("without-hf-px")
     model, result = pruned(tiny_resnet)
-    out = hf_px.save_pruned(
-        model, tmp_path / "bm", result, format="bitmask", card=False, max_shard_size=shard
-    )
-    env = _env(tmp_path)
+    paths = {
+        shard: str(
+            hf_px.save_pruned(
+                model, tmp / shard, result, format="bitmask", card=False, max_shard_size=shard
+            )
+        )
+        for shard in SHARDS
+    }
+    cases = {**KEYWORDS, "ignore_mismatched_sizes": {"ignore_mismatched_sizes": True}}
+    env = _env(tmp)
     env.pop("PYTHONPATH")
     proc = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_HF_PX, str(out), json.dumps(KEYWORDS)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", LOAD_WITHOUT_HF_PX, json.dumps(paths), json.dumps(cases)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {k: v.split(":")[0] for k, v in outcome.items()} == dict.fromkeys(KEYWORDS, "refused")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.parametrize("shard", SHARDS)
+def test_bitmask_without_hf_px_is_refused_whatever_the_keywords(loaded_without_hf_px, shard):
+    outcome = loaded_without_hf_px[0][shard]
+    refused = {k: outcome[k].split(":")[0] for k in KEYWORDS}
+    assert refused == dict.fromkeys(KEYWORDS, "refused")
 
 
 @pytest.mark.xfail(
@@ -385,15 +406,7 @@ def test_bitmask_without_hf_px_is_refused_whatever_the_keywords(tmp_path, shard)
     reason="transformers 5 re-initialises every mismatched weight when asked to and lets no "
     "checkpoint make that fatal; the load report names hf-px (the marker tensor)",
 )
-def test_bitmask_without_hf_px_and_ignore_mismatched_sizes(tmp_path):
-    model, result = pruned(tiny_resnet)
-    out = hf_px.save_pruned(model, tmp_path / "bm", result, format="bitmask", card=False)
-    env = _env(tmp_path)
-    env.pop("PYTHONPATH")
-    kw = {"ignore": {"ignore_mismatched_sizes": True}}
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_HF_PX, str(out), json.dumps(kw)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert "hf_px_bitmask_checkpoint" in proc.stderr  # the report names what to install
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["ignore"].startswith("refused")
+def test_bitmask_without_hf_px_and_ignore_mismatched_sizes(loaded_without_hf_px):
+    outcome, stderr = loaded_without_hf_px
+    assert "hf_px_bitmask_checkpoint" in stderr  # the report names what to install
+    assert outcome["5GB"]["ignore_mismatched_sizes"].startswith("refused")
