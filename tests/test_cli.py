@@ -131,25 +131,24 @@ def test_prune_progress_goes_to_stderr(pruned_run):
     assert re.search(r"eta=\d+(s|m\d\ds|h\d\dm)", proc.stderr)  # prune's schedule-aware ETA
 
 
-def test_inspect_reports_the_written_sparsity(pruned_run, capsys, in_process):
+def test_inspect_reports_the_written_sparsity(pruned_run, cli):
     tmp, out, proc, _ = pruned_run
     s = _one_json(proc.stdout)
-    info = hfpx("inspect", str(out), "--json", cwd=tmp)
+    info = cli("inspect", str(out), "--json", cwd=tmp)
     assert info.returncode == 0, info.stderr
     d = _one_json(info.stdout)
     assert d["format"] == "dense"
     assert d["sparsity"] == pytest.approx(s["sparsity"])
     assert d["pruning_config"]["method"] == "px"
-    assert in_process(["inspect", str(out), "--quiet"]) == 0
-    human = capsys.readouterr().out
+    human = cli("inspect", str(out), "--quiet", cwd=tmp).stdout
     assert "pruned with px" in human and "classifier.1.weight" in human
 
 
-def test_eval_gives_the_numbers_prune_measured(pruned_run):
+def test_eval_gives_the_numbers_prune_measured(pruned_run, cli):
     """`hf-px eval` on the written checkpoint = prune's own after-pruning evaluation."""
     tmp, out, proc, data = pruned_run
     after = _one_json(proc.stdout)["evaluation"]["pruned"]
-    ev = hfpx("eval", str(out), "--dataset", str(data), "--json", cwd=tmp)
+    ev = cli("eval", str(out), "--dataset", str(data), "--json", cwd=tmp)
     assert ev.returncode == 0, ev.stderr[-2000:]
     d = _one_json(ev.stdout)
     assert d["split"] == "train" and d["num_samples"] == 50
@@ -182,8 +181,8 @@ def test_reload_with_plain_from_pretrained_in_a_fresh_process(pruned_run):
     assert sum(got["zeros"].values()) == s["num_pruned"]
 
 
-def test_default_output_dir_and_human_summary(tmp_path):
-    proc = hfpx(
+def test_default_output_dir_and_human_summary(tmp_path, cli):
+    proc = cli(
         "prune",
         "px-digits-resnet",
         "--sparsity",
@@ -202,7 +201,7 @@ def test_default_output_dir_and_human_summary(tmp_path):
     assert "pruning (magnitude)" not in proc.stderr  # --quiet: no bars
     # the same again: refused, nothing touched, exit 2, names the fix
     before = (out / "model.safetensors").stat().st_mtime_ns
-    again = hfpx("prune", "px-digits-resnet", "--sparsity", "0.5", cwd=tmp_path)
+    again = cli("prune", "px-digits-resnet", "--sparsity", "0.5", cwd=tmp_path)
     _assert_one_line_error(again, 2, "--overwrite")
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
