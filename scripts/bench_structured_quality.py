@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from hf_px import recalibrate_batchnorm  # noqa: E402
 from hf_px.loading import load_model  # noqa: E402
 from hf_px.structured import prune_structured, shrink  # noqa: E402
+from hf_px.training import finetune  # noqa: E402
 
 DEFAULT_DIR = Path("~/.cache/hf-px/fmnist-models").expanduser()
 
@@ -72,21 +72,11 @@ def accuracy(model, test) -> float:
 
 
 def finetune_epoch(model, train, seed: int, lr: float = 1e-3) -> None:
-    x = torch.cat([b["pixel_values"] for b in train])
-    y = torch.cat([b["labels"] for b in train])
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    steps = math.ceil(len(y) / 128)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    for i in range(steps):
-        idx = order[i * 128 : (i + 1) * 128]
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=x[idx]).logits, y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+    """One epoch of the library's fine-tuning loop on the smaller model (no masks: the
+    removed units are gone): AdamW, weight decay 0.01, cosine to 0, images reshuffled
+    into batches of 128 by the seed, no clipping."""
+    finetune(model, None, train, epochs=1, lr=lr, optimizer="adamw", weight_decay=0.01,
+             seed=seed, schedule="cosine", max_grad_norm=None, shuffle="images")  # fmt: skip
 
 
 def main(argv=None) -> int:
