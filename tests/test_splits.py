@@ -85,3 +85,32 @@ def test_a_prune_card_records_the_split_it_used(saved, tmp_path, capsys):
     argv += ["--dataset", str(saved[1]), "--num-samples", "20", "--output-dir", str(out), "-q"]
     assert run(argv) == 0, capsys.readouterr().err
     assert "(split `test`)" in (out / "README.md").read_text()  # its own split, not `train`
+
+
+SPLIT_CHECK = """
+import json, sys
+from hf_px.calibration import resolve_split
+
+split = resolve_split(None, None, None), resolve_split("sklearn-digits", None, "train")
+print(json.dumps({"split": split, "built": [m for m in ("sklearn", "datasets") if m in sys.modules]}))
+"""
+
+
+def test_the_built_in_digits_split_is_checked_without_building_the_data():
+    """The check before the model loads costs nothing for the default data: neither the
+    digits (sklearn) nor `datasets` are imported for it; a wrong split is still refused."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    with pytest.raises(HfPxError, match="built-in digits dataset has no split 'test'"):
+        resolve_split(None, None, "test")
+    proc = subprocess.run(
+        [sys.executable, "-c", SPLIT_CHECK], env=subprocess_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"split": [None, "train"], "built": []}

@@ -92,15 +92,19 @@ def resolve_split(
     name (what the card should record); otherwise `split` as given. Hub ids are checked
     when opened (before any image is decoded)."""
     ref = None if dataset is None else os.fspath(dataset)
-    path = None if ref is None else Path(ref).expanduser()
-    if path is not None and path.is_dir() and not _is_saved(path):
+    if ref is None or ref == DEFAULT_DATASET:  # known without building it (sklearn, datasets)
+        if split not in (None, "train"):
+            raise _split_error("the built-in digits dataset", split, ["train"])
+        return split
+    path = Path(ref).expanduser()
+    if path.is_dir() and not _is_saved(path):
         if split is not None:
             _check_folder_split(path, ref, split)
         return split
-    if not (ref is None or ref == DEFAULT_DATASET or (path is not None and _is_saved(path))):
+    if not _is_saved(path):
         return split
     ds = open_dataset(dataset, dataset_config=dataset_config, split=split or "train")
-    single = path is not None and not (path / "dataset_dict.json").is_file()
+    single = not (path / "dataset_dict.json").is_file()
     own = getattr(ds, "split", None) if single else None
     return split if split is not None or own is None else str(own)
 
