@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from hf_px import recalibrate_batchnorm  # noqa: E402
+from hf_px import HfPxError, recalibrate_batchnorm  # noqa: E402
 from hf_px.loading import load_model  # noqa: E402
 from hf_px.structured import prune_structured, shrink  # noqa: E402
 from hf_px.training import finetune  # noqa: E402
@@ -112,9 +112,15 @@ def main(argv=None) -> int:
                 for seed in a.seeds:
                     model = copy.deepcopy(dense)
                     t0 = time.perf_counter()
-                    res = prune_structured(
-                        model, calibration, remove, method=method, rounds=a.rounds, seed=seed
-                    )
+                    try:
+                        res = prune_structured(
+                            model, calibration, remove, method=method, rounds=a.rounds, seed=seed
+                        )
+                    except HfPxError as err:  # e.g. more MACs than the unit kinds hold
+                        row = {"family": family, "method": method, "remove": remove}
+                        out["results"].append({**row, "seed": seed, "out_of_reach": str(err)})
+                        print(f"{family} {method} {remove}: {err}", file=sys.stderr, flush=True)
+                        continue
                     recalibrate_batchnorm(model, calibration)
                     shrink(model, res.groups, res.kept)
                     pruned = accuracy(model, test)
