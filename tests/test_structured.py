@@ -188,6 +188,26 @@ def test_px_unit_score_is_the_drop_of_r(act, group):
     assert consumer.weight.abs().sum() > 0  # the model itself was not touched
 
 
+def test_px_unit_scores_use_the_bound_also_for_loaded_weights(tmp_path):
+    """Unlike unstructured px (§10.5), the unit score does not switch form on weights
+    from a checkpoint: a loaded model and its unmarked copy score alike; form is given
+    through only when asked for."""
+    build("resnet-basic").save_pretrained(tmp_path / "m")
+    loaded = t.AutoModelForImageClassification.from_pretrained(tmp_path / "m").eval()
+    copied = copy.deepcopy(loaded)  # the from_pretrained marks do not survive a deepcopy
+    assert hf_px.utils.loaded_from_checkpoint(loaded)
+    assert not hf_px.utils.loaded_from_checkpoint(copied)
+    data = batches()
+    groups = find_units(loaded, ["channels"])
+    kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    a = score_units("px", loaded, data, groups, kept)
+    b = score_units("px", copied, data, groups, kept)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=0.0)
+    fisher = score_units("px", copied, data, groups, kept, options={"form": "fisher"})
+    assert any(not torch.allclose(fisher[n], b[n]) for n in b)
+
+
 def test_taylor_is_the_squared_gate_derivative():
     """Molchanov's criterion: (∂L/∂c_u · c_u)² per batch for a gate c on the unit's
     activation, summed over batches; computed independently with a hook."""

@@ -129,7 +129,10 @@ def score_units(
     """{group name: float64 score per unit}; removed units score 0."""
     if method == "px":
         masks = weight_masks(model, groups, kept)
-        scores = compute_scores(model, batches, "px", masks=masks, **(options or {}))
+        # the bound whatever the weights: summed per-weight fisher scores ranked units worse
+        # on a trained model (docs/method.md §11), so a unit score does not follow §10.5
+        opts = {"form": "bound", **(options or {})}
+        scores = compute_scores(model, batches, "px", masks=masks, **opts)
         out = {
             g.name: sum(per_unit_columns(scores[f"{c}.weight"].double(), g) for c in g.consumers)
             for g in groups
