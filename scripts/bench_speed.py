@@ -1,7 +1,8 @@
 """Speed of structured-pruned models: dense vs physically smaller, same process.
 
     python scripts/bench_speed.py [--models vit-base resnet50 convnext-tiny]
-        [--remove 0.25 0.5 0.75] [--method random] [--runs 5] [--threads 2] [--quick]
+        [--remove 0.25 0.5 0.75] [--method random] [--round-to 1 8] [--runs 5] [--threads 2]
+        [--quick]
 
 Random-init full-size configs at 224 px (``--quick``: tiny configs at 32 px, two
 runs, 25 and 50% removed, for the tests). Each model is pruned with `hf_px.structured.prune_structured`
@@ -82,6 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--target", choices=("macs", "params"), default="macs")
     p.add_argument("--method", default="random")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument(
+        "--round-to", nargs="+", type=int, default=[1], help="widths a multiple of N (each)"
+    )
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--b1-calls", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
         "settings": {
             "image_size": size,
             "threads": a.threads,
+            "round_to": a.round_to,
             "runs": runs,
             "b1_calls": a.b1_calls,
             "batch": a.batch,
@@ -115,24 +120,28 @@ def main(argv=None) -> int:
         dense = tiny(name) if a.quick else build(name, size, 1000)
         variants = [("dense", 0.0, dense, None)]
         for remove in removes:
-            model = copy.deepcopy(dense)
-            t0 = time.perf_counter()
-            res = prune_structured(
-                model, calib, remove, target=a.target, method=a.method, rounds=a.rounds
-            )
-            with torch.no_grad():
-                masked = model(pixel_values=x1).logits
-                shrink(model, res.groups, res.kept)
-                err = float((model(pixel_values=x1).logits - masked).abs().max())
-            info = {
-                "macs": res.macs[1],
-                "params": res.params[1],
-                "removed": res.removed,
-                "max_logit_diff_vs_masked": err,
-                "prune_s": round(time.perf_counter() - t0, 2),
-            }
-            variants.append((f"remove {remove}", remove, model, info))
-            dense_info = {"macs": res.macs[0], "params": res.params[0]}
+            for round_to in a.round_to:
+                model = copy.deepcopy(dense)
+                t0 = time.perf_counter()
+                res = prune_structured(
+                    model, calib, remove, target=a.target, method=a.method, rounds=a.rounds,
+                    round_to=round_to,
+                )  # fmt: skip
+                with torch.no_grad():
+                    masked = model(pixel_values=x1).logits
+                    shrink(model, res.groups, res.kept)
+                    err = float((model(pixel_values=x1).logits - masked).abs().max())
+                info = {
+                    "round_to": round_to,
+                    "macs": res.macs[1],
+                    "params": res.params[1],
+                    "removed": res.removed,
+                    "max_logit_diff_vs_masked": err,
+                    "prune_s": round(time.perf_counter() - t0, 2),
+                }
+                label = f"remove {remove}" + (f" round_to {round_to}" if round_to > 1 else "")
+                variants.append((label, remove, model, info))
+                dense_info = {"macs": res.macs[0], "params": res.params[0]}
         print(f"{name}: {len(variants)} variants built", file=sys.stderr, flush=True)
         # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
         b1 = {v[0]: [] for v in variants}

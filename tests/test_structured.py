@@ -134,6 +134,28 @@ def test_uniform_gives_equal_widths_and_targets_are_met():
         prune_structured(build("vit"), batches(), 50, method="l1")
 
 
+@pytest.mark.parametrize(
+    "kind,method,remove", [("convnext", "px", 0.35), ("vit", "taylor", 0.35), ("vit", "l1", 0.4)]
+)
+def test_round_to_keeps_whole_multiples_and_meets_the_target(kind, method, remove):
+    """``round_to=16``: every group keeps a multiple of 16 channels (two heads of 8 channels
+    are one), the MACs target still holds, and the smaller model computes the masked one."""
+    x = batches()[0]["pixel_values"]
+    plain = prune_structured(build(kind), batches(), remove, method=method, rounds=2)
+    assert any(plain.counts()[g.name] * g.width % 16 for g in plain.groups)  # 1 rounds nothing
+    model = build(kind)
+    result = prune_structured(model, batches(), remove, method=method, rounds=2, round_to=16)
+    for g in result.groups:
+        assert result.counts()[g.name] * g.width % 16 == 0, (g.name, result.counts()[g.name])
+    assert result.removed["macs"] >= remove
+    assert result.removed["macs"] < plain.removed["macs"] + 0.1  # near the target, not past
+    masked = logits(model, x)
+    shrink(model, result.groups, result.kept)
+    torch.testing.assert_close(logits(model, x), masked, rtol=1e-5, atol=1e-5)
+    with pytest.raises(HfPxError, match="round_to must be a positive integer"):
+        prune_structured(build(kind), batches(), 0.3, method=method, round_to=0)
+
+
 def test_rounds_only_remove():
     seen = []
     model = build("convnext")
@@ -362,12 +384,15 @@ def test_cli_prune_structured(tmp_path, capsys):
     build("convnext").save_pretrained(src)
     out = tmp_path / "out"
     argv = ["prune-structured", str(src), "--remove", "0.3", "--method", "l1"]
-    code = run([*argv, "--output-dir", str(out), "--json", "--quiet", "--no-latency"])
+    flags = ["--json", "--quiet", "--no-latency", "--round-to", "8"]
+    code = run([*argv, "--output-dir", str(out), *flags])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["layout"] == "hf_px_structured" and summary["removed"]["macs"] >= 0.3
     loaded = t.AutoModelForImageClassification.from_pretrained(out)
     assert sum(p.numel() for p in loaded.parameters()) == summary["params"]["after"]
+    widths = [m.out_features for n, m in loaded.named_modules() if n.endswith("pwconv1")]
+    assert widths and all(w % 8 == 0 for w in widths), widths
     assert run([*argv, "--output-dir", str(out), "--structure", "heads", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     code = run([*argv, "--output-dir", str(tmp_path / "o2"), "--structure", "heads", "--quiet"])

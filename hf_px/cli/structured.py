@@ -116,6 +116,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
             method=args.method,
             rounds=args.rounds,
             uniform=args.uniform,
+            round_to=args.round_to,
             seed=args.seed,
             image_size=image_size,
         )
@@ -209,6 +210,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the same width in every layer (ViT/DeiT then load without hf-px)",
     )
+    p.add_argument(
+        "--round-to", type=parsing.positive_int, default=1, metavar="N",
+        help="keep a multiple of N channels per layer (8: faster kernels); default 1",
+    )  # fmt: skip
     p.add_argument(
         "--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
         help="keep the dense BatchNorm statistics",

@@ -81,6 +81,7 @@ def prune_structured(
     method: str = "px",
     rounds: int | None = None,
     uniform: bool = False,
+    round_to: int = 1,
     seed: int = 0,
     image_size: int | None = None,
     callback: Any = None,
@@ -89,11 +90,16 @@ def prune_structured(
     """Remove units of the kinds `structure` names until `remove` of the model's
     `target` ("macs": per image at `image_size`, default the batches'; "params") is
     gone; zeroes the removed units' weights in place and returns which units stay.
+    ``round_to``: every group keeps a multiple of that many channels (8 suits the CPU
+    and GPU convolution/matmul kernels; widths such as 26 can run slower than 24),
+    still meeting the target.
 
     Longer than most on purpose: the round loop (score units, select against the cost
     model, zero, record) reads top to bottom in one place, as `hf_px.prune`'s does.
     """
     check_settings(remove, target, method, rounds)
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise HfPxError(f"round_to must be a positive integer such as 8, not {round_to!r}")
     m = METHODS[method]
     data = list(batches or [])
     if m.needs_data and not data:
@@ -110,12 +116,13 @@ def prune_structured(
     cost = CostModel(model, groups, image_size)
     total = cost.cost(target)
     final = math.floor(total * (1.0 - float(remove)))
-    floor_cost = cost.cost(target, {g.name: MIN_KEEP for g in groups})
+    floor_cost = cost.cost(target, {g.name: _least(g, round_to) for g in groups})
     if floor_cost > final:
         raise HfPxError(
             f"removing {remove:.0%} of the {target} is out of reach with structure "
             f"{'+'.join(kinds)}: at most {1 - floor_cost / total:.1%} can go (one unit kept "
-            "per group); lower --remove or add unit kinds (--structure auto)"
+            "per group, or round_to's channels); lower --remove or add unit kinds "
+            "(--structure auto)"
         )
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
     history = []
@@ -131,9 +138,12 @@ def prune_structured(
             )
         scoring_s += time.perf_counter() - t
         if uniform or not m.global_rank:
-            _remove_uniform(cost, target, groups, kept, scores, goal)
+            _remove_uniform(cost, target, groups, kept, scores, goal, round_to)
         else:
-            _remove_global(cost, target, groups, kept, scores, goal)
+            start = {n: k.clone() for n, k in kept.items()}
+            _remove_global(cost, target, groups, kept, scores, goal, round_to)
+            if round_to > 1 and r == rounds:
+                _round_widths(cost, target, groups, kept, start, scores, goal, round_to)
         counts = {n: int(k.sum()) for n, k in kept.items()}
         history.append({"round": r, "goal": goal, target: cost.cost(target, counts)})
         if callback is not None:
@@ -147,6 +157,7 @@ def prune_structured(
         "target": target,
         "rounds": rounds,
         "uniform": bool(uniform),
+        "round_to": round_to,
         "seed": seed,
         "image_size": image_size,
         "model_type": model_type(model),
@@ -176,7 +187,7 @@ def _unit_cost(cost: CostModel, target: str, counts: dict[str, int], group: str)
     return saved
 
 
-def _remove_global(cost, target, groups, kept, scores, goal) -> None:
+def _remove_global(cost, target, groups, kept, scores, goal, round_to: int = 1) -> None:
     counts = {n: int(k.sum()) for n, k in kept.items()}
     now = cost.cost(target, counts)
     order = []
@@ -190,19 +201,37 @@ def _remove_global(cost, target, groups, kept, scores, goal) -> None:
         if now <= goal:
             break
         name = groups[gi].name
-        if counts[name] <= MIN_KEEP:
+        if counts[name] <= _least(groups[gi], round_to):
             continue
         now -= _unit_cost(cost, target, counts, name)
         counts[name] -= 1
         kept[name][u] = False
 
 
-def _remove_uniform(cost, target, groups, kept, scores, goal) -> None:
+def _step(group: UnitGroup, round_to: int) -> int:
+    """Units per `round_to` channels of `group` (a 64-channel head is a multiple of 8)."""
+    return round_to // math.gcd(round_to, group.width)
+
+
+def _least(group: UnitGroup, round_to: int) -> int:
+    """The fewest units a group keeps: one, or one step of `round_to` channels."""
+    return max(MIN_KEEP, min(group.size, _step(group, round_to)))
+
+
+def _rounded(n: int, group: UnitGroup, round_to: int) -> int:
+    """`n` units rounded down to whole steps, never below :func:`_least`."""
+    return max(_least(group, round_to), n - n % _step(group, round_to))
+
+
+def _remove_uniform(cost, target, groups, kept, scores, goal, round_to: int = 1) -> None:
     current = {n: int(k.sum()) for n, k in kept.items()}
 
     def counts_at(step: int) -> dict[str, int]:
         return {
-            g.name: min(current[g.name], max(MIN_KEEP, g.size - (step * g.size) // _STEPS))
+            g.name: min(
+                current[g.name],
+                _rounded(max(MIN_KEEP, g.size - (step * g.size) // _STEPS), g, round_to),
+            )
             for g in groups
         }
 
@@ -221,3 +250,46 @@ def _remove_uniform(cost, target, groups, kept, scores, goal) -> None:
         order = torch.sort(s, stable=True).indices
         drop = alive[order[: alive.numel() - n]]
         kept[g.name][drop] = False
+
+
+def _round_widths(cost, target, groups, kept, start, scores, goal, round_to: int) -> None:
+    """Each group's kept count to a multiple of its step: up to the nearest one by giving
+    back its best units removed this round (earlier rounds' units are already zeroed),
+    else down by dropping its worst; then whole steps of the lowest score per cost saved
+    go until the cost meets `goal` again."""
+    counts = {}
+    for g in groups:
+        step, alive = _step(g, round_to), kept[g.name]
+        n = int(alive.sum())
+        up = min(g.size, -(-n // step) * step)
+        back = torch.nonzero(start[g.name] & ~alive).reshape(-1)
+        if n % step and up - n <= back.numel() and up - n < n - _rounded(n, g, round_to):
+            best = torch.sort(scores[g.name][back], descending=True, stable=True).indices
+            alive[back[best[: up - n]]] = True
+        else:
+            _drop_lowest(alive, scores[g.name], n - _rounded(n, g, round_to))
+        counts[g.name] = int(alive.sum())
+    while cost.cost(target, counts) > goal:
+        options = []
+        for gi, g in enumerate(groups):
+            step = _step(g, round_to)
+            if counts[g.name] - step < _least(g, round_to):
+                continue
+            fewer = {**counts, g.name: counts[g.name] - step}
+            saved = cost.cost(target, counts) - cost.cost(target, fewer)
+            worst = torch.sort(scores[g.name][kept[g.name]], stable=True).values[:step]
+            options.append((float(worst.sum()) / max(1, saved), gi))
+        if not options:
+            return
+        g = groups[min(options)[1]]
+        _drop_lowest(kept[g.name], scores[g.name], _step(g, round_to))
+        counts[g.name] = int(kept[g.name].sum())
+
+
+def _drop_lowest(alive: torch.Tensor, scores: torch.Tensor, n: int) -> None:
+    """Mark the `n` lowest-scored alive units removed (ties: lower unit number first)."""
+    if n <= 0:
+        return
+    idx = torch.nonzero(alive).reshape(-1)
+    order = torch.sort(scores[idx], stable=True).indices
+    alive[idx[order[:n]]] = False
