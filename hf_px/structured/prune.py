@@ -140,9 +140,10 @@ def prune_structured(
         if uniform or not m.global_rank:
             _remove_uniform(cost, target, groups, kept, scores, goal, round_to)
         else:
-            start = {n: k.clone() for n, k in kept.items()}
+            rounding = round_to > 1 and r == rounds
+            start = {n: k.clone() for n, k in kept.items()} if rounding else {}
             _remove_global(cost, target, groups, kept, scores, goal, round_to)
-            if round_to > 1 and r == rounds:
+            if rounding:
                 _round_widths(cost, target, groups, kept, start, scores, goal, round_to)
         counts = {n: int(k.sum()) for n, k in kept.items()}
         history.append({"round": r, "goal": goal, target: cost.cost(target, counts)})
@@ -242,14 +243,9 @@ def _remove_uniform(cost, target, groups, kept, scores, goal, round_to: int = 1)
             hi = mid
         else:
             lo = mid + 1
+    final = counts_at(lo)
     for g in groups:
-        n = counts_at(lo)[g.name]
-        alive = torch.nonzero(kept[g.name]).reshape(-1)
-        s = scores[g.name][alive]
-        # ascending score, ties by unit number (a stable sort of ascending indices)
-        order = torch.sort(s, stable=True).indices
-        drop = alive[order[: alive.numel() - n]]
-        kept[g.name][drop] = False
+        _drop_lowest(kept[g.name], scores[g.name], int(kept[g.name].sum()) - final[g.name])
 
 
 def _round_widths(cost, target, groups, kept, start, scores, goal, round_to: int) -> None:
