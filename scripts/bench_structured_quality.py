@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import sys
 import tempfile
@@ -79,6 +80,36 @@ def finetune_epoch(model, train, seed: int, lr: float = 1e-3) -> None:
              seed=seed, schedule="cosine", max_grad_norm=None, shuffle="images")  # fmt: skip
 
 
+def run_key(row: dict) -> tuple:
+    return (row["family"], row["method"], float(row["remove"]), int(row["seed"]))
+
+
+def read_runs(path: Path | None) -> list[dict]:
+    if path is None or not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("method") != "dense"]
+
+
+def append_run(path: Path | None, row: dict) -> None:
+    """One JSON line, under a lock: several processes (one per seed) share the file."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+    """``px[form=fisher]`` → ("px", {"form": "fisher"}); a bare name has no options."""
+    name, _, rest = spec.partition("[")
+    pairs = [kv.split("=", 1) for kv in rest.rstrip("]").split(",") if kv]
+    return name, {k: v for k, v in pairs}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models-dir", type=Path, default=DEFAULT_DIR)
@@ -90,7 +121,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--runs", type=Path, default=None,
+        help="JSONL cache: each finished cell is appended; cells already there are skipped",
+    )  # fmt: skip
     a = p.parse_args(argv)
+    done = {run_key(r) for r in read_runs(a.runs)} if a.runs else set()
     missing = [f for f in a.families if not (a.models_dir / f / "config.json").is_file()]
     if missing:
         raise SystemExit(
@@ -110,15 +146,22 @@ def main(argv=None) -> int:
         for remove in a.remove:
             for method in a.methods:
                 for seed in a.seeds:
+                    key = (family, method, remove, seed)
+                    if key in done:
+                        continue
                     model = copy.deepcopy(dense)
+                    name, options = parse_method(method)
                     t0 = time.perf_counter()
                     try:
                         res = prune_structured(
-                            model, calibration, remove, method=method, rounds=a.rounds, seed=seed
-                        )
+                            model, calibration, remove, method=name, rounds=a.rounds, seed=seed,
+                            **options,
+                        )  # fmt: skip
                     except HfPxError as err:  # e.g. more MACs than the unit kinds hold
                         row = {"family": family, "method": method, "remove": remove}
-                        out["results"].append({**row, "seed": seed, "out_of_reach": str(err)})
+                        row = {**row, "seed": seed, "out_of_reach": str(err)}
+                        out["results"].append(row)
+                        append_run(a.runs, row)
                         print(f"{family} {method} {remove}: {err}", file=sys.stderr, flush=True)
                         continue
                     recalibrate_batchnorm(model, calibration)
@@ -137,6 +180,7 @@ def main(argv=None) -> int:
                         "prune_s": round(prune_s, 1),
                     }
                     out["results"].append(row)
+                    append_run(a.runs, row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
     return 0

@@ -20,12 +20,14 @@ from hf_px.checkpoint.structured import UNITS_NAME, load_units, save_structured
 from hf_px.structured import (
     CostModel,
     UnitGroup,
+    apply_masks,
     find_units,
     prune_structured,
     score_units,
     shrink,
 )
 from hf_px.structured.cost import layer_macs
+from hf_px.structured.scores import per_unit_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,24 +212,67 @@ def test_px_unit_score_is_the_drop_of_r(act, group):
     assert consumer.weight.abs().sum() > 0  # the model itself was not touched
 
 
-def test_px_unit_scores_use_the_bound_also_for_loaded_weights(tmp_path):
-    """Unlike unstructured px (§10.5), the unit score does not switch form on weights
-    from a checkpoint: a loaded model and its unmarked copy score alike; form is given
-    through only when asked for."""
+def test_structured_px_follows_the_form_rule_of_unstructured_px(tmp_path):
+    """Weights loaded from a checkpoint: the unit-gate fisher form; an unmarked copy (or
+    a fresh model): the bound; a given form wins; the decision is recorded."""
     build("resnet-basic").save_pretrained(tmp_path / "m")
     loaded = t.AutoModelForImageClassification.from_pretrained(tmp_path / "m").eval()
     copied = copy.deepcopy(loaded)  # the from_pretrained marks do not survive a deepcopy
     assert hf_px.utils.loaded_from_checkpoint(loaded)
     assert not hf_px.utils.loaded_from_checkpoint(copied)
     data = batches()
-    groups = find_units(loaded, ["channels"])
+    kw = dict(remove=REMOVE["resnet-basic"], rounds=1)
+
+    def run(loaded_weights: bool, **opts):
+        model = (
+            t.AutoModelForImageClassification.from_pretrained(tmp_path / "m").eval()
+            if loaded_weights
+            else copy.deepcopy(copied)
+        )
+        res = prune_structured(model, data, **kw, **opts)
+        return res.config["px_form"]["form"], res.kept
+
+    (f1, loaded_kept), (f2, copied_kept) = run(True), run(False)
+    (f3, fisher_kept), (f4, bound_kept) = run(False, form="fisher"), run(True, form="bound")
+    assert (f1, f2, f3, f4) == ("fisher", "bound", "fisher", "bound")
+    assert all(torch.equal(loaded_kept[g], fisher_kept[g]) for g in loaded_kept)
+    assert all(torch.equal(copied_kept[g], bound_kept[g]) for g in copied_kept)
+    assert any(not torch.equal(loaded_kept[g], copied_kept[g]) for g in loaded_kept)
+    for bad, needle in (({"form": "paths"}, "'bound' or 'fisher'"), ({"fromm": "bound"}, "valid:")):
+        with pytest.raises(HfPxError, match=needle):
+            prune_structured(copy.deepcopy(copied), data, **kw, **bad)
+
+
+@pytest.mark.parametrize("kind", ["resnet-basic", "vit"])
+def test_px_unit_fisher_is_the_per_sample_gate_derivative_squared(kind):
+    """form="fisher": Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_u)², checked one sample and one class
+    at a time through the consumer's weight gradient (Σ over u's columns of g · θ), in
+    float64; the removed units of a second round score 0."""
+    model = build(kind).double()
+    data = [{"pixel_values": b["pixel_values"].double()} for b in batches(1)]
+    groups = find_units(model)
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
-    a = score_units("px", loaded, data, groups, kept)
-    b = score_units("px", copied, data, groups, kept)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=0.0)
-    fisher = score_units("px", copied, data, groups, kept, options={"form": "fisher"})
-    assert any(not torch.allclose(fisher[n], b[n]) for n in b)
+    got = score_units("px", model, data, groups, kept, options={"form": "fisher"})
+    want = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    x = data[0]["pixel_values"]
+    for n in range(len(x)):
+        out = model(pixel_values=x[n : n + 1]).logits
+        p = out.softmax(-1)[0].detach()
+        for c in range(out.shape[-1]):
+            loss = nn.functional.cross_entropy(out, torch.tensor([c]))
+            for g in groups:
+                w = model.get_submodule(g.consumers[0]).weight
+                (grad,) = torch.autograd.grad(loss, w, retain_graph=True)
+                want[g.name] += p[c] * per_unit_columns(grad * w.detach(), g).pow(2)
+    for name in want:
+        assert want[name].sum() > 0  # (a unit whose ReLU never fires is exactly 0)
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=0.0)
+    first = groups[0].name
+    top = int(got[first].argmax())
+    kept[first][top] = False
+    apply_masks(model, groups, kept)
+    again = score_units("px", model, data, groups, kept, options={"form": "fisher"})
+    assert again[first][top] == 0 and again[first].sum() > 0
 
 
 def test_taylor_is_the_squared_gate_derivative():
@@ -397,3 +442,19 @@ def test_cli_prune_structured(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     code = run([*argv, "--output-dir", str(tmp_path / "o2"), "--structure", "heads", "--quiet"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_cli_prune_structured_says_which_px_form_it_used(tmp_path, capsys):
+    """The shipped model's weights come from a checkpoint: auto picks the fisher form,
+    `--px-form bound` the bound; the JSON and the summary line say which."""
+    from hf_px.cli.main import run
+
+    base = ["prune-structured", "px-digits-resnet", "--remove", "0.2", "--rounds", "1"]
+    flags = ["--no-latency", "--num-samples", "20"]
+    assert run([*base, *flags, "--output-dir", str(tmp_path / "auto")]) == 0
+    assert "form fisher: weights loaded from a checkpoint" in capsys.readouterr().out
+    assert load_units(tmp_path / "auto")["config"]["px_form"]["form"] == "fisher"
+    out = tmp_path / "bound"
+    assert run([*base, *flags, "--px-form", "bound", "--output-dir", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["px_form"]["form"] == "bound"
+    assert load_units(out)["config"]["px_form"]["form"] == "bound"

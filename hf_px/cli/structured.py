@@ -119,6 +119,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
             round_to=args.round_to,
             seed=args.seed,
             image_size=image_size,
+            **({"form": args.px_form} if args.method == "px" else {}),
         )
     if args.recalibrate_bn:
         recalibrate_batchnorm(model, batches)
@@ -146,6 +147,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
         "output_dir": str(out_dir),
         "layout": load_units(out_dir)["layout"],
         "method": args.method,
+        "px_form": result.config.get("px_form"),
         "structure": result.config["structure"],
         "target": args.target,
         "remove": args.remove,
@@ -160,9 +162,10 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    form = f", form {s['px_form']['form']}: {s['px_form']['why']}" if s.get("px_form") else ""
     output.say(
         f"Removed {s['removed']['macs']:.1%} of MACs and {s['removed']['params']:.1%} of "
-        f"parameters ({s['method']}, {'+'.join(s['structure'])})."
+        f"parameters ({s['method']}, {'+'.join(s['structure'])}{form})."
     )
     lat = s["latency"].get("latency_b1_ms")
     if lat:
@@ -177,6 +180,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``hf-px prune-structured`` and its arguments."""
     from ..structured import METHODS, TARGETS
+    from ..structured.scores import UNIT_FORMS
 
     p = subparsers.add_parser(
         "prune-structured",
@@ -204,6 +208,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ViT/DeiT: neurons and heads)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")
+    p.add_argument(
+        "--px-form", choices=("auto", *UNIT_FORMS), default="auto",
+        help="px unit score: auto = fisher (per-sample output gradients at the unit's gate) "
+        "for weights loaded from a checkpoint, else the paper's bound",
+    )  # fmt: skip
     p.add_argument("--rounds", type=parsing.positive_int, metavar="N", help="px/taylor: 10")
     p.add_argument(
         "--uniform",

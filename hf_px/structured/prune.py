@@ -19,6 +19,7 @@ weights at zero (it computes what the physically smaller model computes);
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -31,8 +32,10 @@ from torch import nn
 from ..errors import HfPxError
 from ..pruning import flush_denormal
 from .cost import CostModel
-from .scores import METHODS, apply_masks, score_units
+from .scores import METHODS, apply_masks, score_units, unit_form
 from .units import UnitGroup, find_units, model_type, resolve_kinds
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("macs", "params")
 MIN_KEEP = 1
@@ -101,6 +104,10 @@ def prune_structured(
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
         raise HfPxError(f"round_to must be a positive integer such as 8, not {round_to!r}")
     m = METHODS[method]
+    px_form = unit_form(model, method_options) if method == "px" else None
+    if px_form is not None:
+        method_options = {**method_options, "form": px_form[0]}
+        logger.info("structured px: form=%r (%s)", *px_form)
     data = list(batches or [])
     if m.needs_data and not data:
         raise HfPxError(f"structured method {method!r} needs calibration batches")
@@ -164,6 +171,8 @@ def prune_structured(
         "model_type": model_type(model),
         "method_options": {k: v for k, v in method_options.items() if _jsonable(v)},
     }
+    if px_form is not None:
+        config["px_form"] = {"form": px_form[0], "why": px_form[1]}
     return StructuredResult(
         groups=groups,
         kept=kept,

@@ -1,9 +1,13 @@
 """Unit scores: one number per unit of every group (higher = more important).
 
-* ``px``: S_u = Σ over the unit's *fan-out* weights θ (the consumer's input columns
-  of the unit) of the unstructured PX score |∂R/∂θ²| · θ² — the derivative of R
-  with respect to a multiplicative mask c_u on those squared weights, at c = 1
-  (docs/method.md §8 derives it and says when it is exact).
+* ``px``, ``form="bound"``: S_u = Σ over the unit's *fan-out* weights θ (the
+  consumer's input columns of the unit) of the unstructured PX score |∂R/∂θ²| · θ² —
+  the derivative of R with respect to a multiplicative mask c_u on those squared
+  weights, at c = 1 (docs/method.md §11 derives it and says when it is exact).
+* ``px``, ``form="fisher"`` (the default for weights loaded from a checkpoint, as for
+  unstructured px): S_u = Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_u)², PX's per-sample fisher
+  form with the mask c_u on the unit's fan-out instead of one weight: exact per-sample
+  sums over each sample's ``fisher_classes`` most probable classes.
 * ``taylor`` (Molchanov et al., CVPR 2019): first-order Taylor estimate of the loss
   change on removing the unit, (Σ_{fan-out θ} g · θ)² per batch (= (∂L/∂a_u · a_u)²
   summed over the unit's positions), summed over batches.
@@ -25,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..methods.base import call, cross_entropy, model_mode
+from ..errors import HfPxError
+from ..methods.base import call, cross_entropy, hooks, model_mode
+from ..methods.px.options import PxOptions, form_choice
 from ..pruning import compute_scores
 from .units import UnitGroup
 
@@ -75,6 +81,21 @@ def per_unit_rows(t: torch.Tensor, group: UnitGroup) -> torch.Tensor:
     """Sum of `t` (a producer weight's shape) over each unit's output rows."""
     v = t.reshape(t.shape[0], -1).sum(1)
     return v.reshape(group.size, group.width).sum(1)
+
+
+#: the forms a unit score has (§11 of docs/method.md); "paths" stays per-weight only
+UNIT_FORMS = ("bound", "fisher")
+
+
+def unit_form(model: nn.Module, options: dict[str, Any]) -> tuple[str, str]:
+    """(form, why) of structured px, by unstructured px's rule (``form_choice``): the
+    per-sample fisher form at the unit's gate for weights loaded from a checkpoint,
+    the bound for an initialised model or when a bound-only option is given."""
+    PxOptions.from_dict(options)  # a misspelt option is an error here too
+    form, why = form_choice(model, options)
+    if form not in UNIT_FORMS:
+        raise HfPxError(f"structured px scores units with form 'bound' or 'fisher', not {form!r}")
+    return form, why
 
 
 def weight_masks(
@@ -127,11 +148,14 @@ def score_units(
     options: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """{group name: float64 score per unit}; removed units score 0."""
-    if method == "px":
+    opts = dict(options or {})
+    if method == "px" and opts.get("form") == "fisher":
+        classes = PxOptions.from_dict(opts).fisher_classes
+        out = _unit_fisher(model, batches, groups, classes)
+    elif method == "px":
         masks = weight_masks(model, groups, kept)
-        # the bound whatever the weights: summed per-weight fisher scores ranked units worse
-        # on a trained model (docs/method.md §11), so a unit score does not follow §10.5
-        opts = {"form": "bound", **(options or {})}
+        # the caller decides the form once (unit_form); scored alone, a unit gets the bound
+        opts = {**opts, "form": opts.get("form") or "bound"}
         scores = compute_scores(model, batches, "px", masks=masks, **opts)
         out = {
             g.name: sum(per_unit_columns(scores[f"{c}.weight"].double(), g) for c in g.consumers)
@@ -176,4 +200,49 @@ def _taylor(model, batches, groups, kept) -> dict[str, torch.Tensor]:
                     for n in (f"{c}.weight" for c in g.consumers)
                 )
                 acc[g.name] += t.cpu().pow(2)
+    return acc
+
+
+def _unit_fisher(model, batches, groups, n_classes: int) -> dict[str, torch.Tensor]:
+    """Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_u)²: PX's fisher form with the mask c_u on the unit's
+    fan-out (a per-sample gate on the consumer's input channels of u), the model's own
+    `n_classes` most probable classes per sample; float64."""
+    gates: dict[str, torch.Tensor] = {}
+
+    def pre_hook_for(name: str, group: UnitGroup, conv: bool):
+        def pre_hook(module, args):
+            a = args[0]
+            n, c = a.shape[0], a.shape[1] if conv else a.shape[-1]
+            shape = (n, c, *([1] * (a.dim() - 2))) if conv else (n, *([1] * (a.dim() - 2)), c)
+            gate = torch.ones(shape, dtype=a.dtype, device=a.device, requires_grad=True)
+            gates[name] = gate
+            return (a * gate, *args[1:])
+
+        return pre_hook
+
+    consumer_of = {c: g for g in groups for c in g.consumers}
+    handles = []
+    for name, g in consumer_of.items():
+        m = model.get_submodule(name)
+        handles.append(m.register_forward_pre_hook(pre_hook_for(name, g, isinstance(m, nn.Conv2d))))
+    acc = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    with model_mode(model), hooks(handles), torch.enable_grad():
+        for batch in batches:
+            gates.clear()
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            logits = logits if logits.dtype == torch.float64 else logits.float()
+            p = torch.softmax(logits.detach(), dim=-1)
+            k = min(logits.shape[-1], n_classes)
+            order = torch.argsort(p, dim=-1, descending=True)[:, :k]
+            names = list(gates)
+            for r in range(k):
+                cls = order[:, r]
+                w = p.gather(1, cls[:, None])[:, 0].double()
+                loss = nn.functional.cross_entropy(logits, cls, reduction="sum")
+                grads = torch.autograd.grad(loss, [gates[n] for n in names], retain_graph=r < k - 1)
+                for n, gr in zip(names, grads, strict=True):
+                    g = consumer_of[n]
+                    per = gr.detach().double().reshape(gr.shape[0], -1)
+                    per = per.reshape(per.shape[0], g.size, g.width).sum(-1)
+                    acc[g.name] += (w[:, None] * per.square()).sum(0).cpu()
     return acc
