@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import statistics
@@ -40,7 +41,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _bench_models import build  # noqa: E402
 
-from hf_px.structured import prune_structured, shrink  # noqa: E402
+from hf_px.structured import FAMILY_KINDS, prune_structured, shrink  # noqa: E402
+from hf_px.structured.units import model_type as name_type  # noqa: E402
 
 
 def tiny(name: str):
@@ -86,6 +88,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--round-to", nargs="+", type=int, default=[1], help="widths a multiple of N (each)"
     )
+    p.add_argument(
+        "--structures", nargs="+", default=["auto"],
+        help="unit kinds per variant: auto (every kind of the family) and/or one kind, "
+        "e.g. `auto channels` times ResNet with and without its residual streams",
+    )  # fmt: skip
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--b1-calls", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
@@ -119,29 +126,32 @@ def main(argv=None) -> int:
     for name in a.models:
         dense = tiny(name) if a.quick else build(name, size, 1000)
         variants = [("dense", 0.0, dense, None)]
-        for remove in removes:
-            for round_to in a.round_to:
-                model = copy.deepcopy(dense)
-                t0 = time.perf_counter()
-                res = prune_structured(
-                    model, calib, remove, target=a.target, method=a.method, rounds=a.rounds,
-                    round_to=round_to,
-                )  # fmt: skip
-                with torch.no_grad():
-                    masked = model(pixel_values=x1).logits
-                    shrink(model, res.groups, res.kept)
-                    err = float((model(pixel_values=x1).logits - masked).abs().max())
-                info = {
-                    "round_to": round_to,
-                    "macs": res.macs[1],
-                    "params": res.params[1],
-                    "removed": res.removed,
-                    "max_logit_diff_vs_masked": err,
-                    "prune_s": round(time.perf_counter() - t0, 2),
-                }
-                label = f"remove {remove}" + (f" round_to {round_to}" if round_to > 1 else "")
-                variants.append((label, remove, model, info))
-                dense_info = {"macs": res.macs[0], "params": res.params[0]}
+        for remove, round_to, structure in itertools.product(removes, a.round_to, a.structures):
+            if structure != "auto" and structure not in FAMILY_KINDS.get(name_type(dense), ()):
+                continue
+            model = copy.deepcopy(dense)
+            t0 = time.perf_counter()
+            res = prune_structured(
+                model, calib, remove, target=a.target, method=a.method, rounds=a.rounds,
+                round_to=round_to, structure=structure,
+            )  # fmt: skip
+            with torch.no_grad():
+                masked = model(pixel_values=x1).logits
+                shrink(model, res.groups, res.kept)
+                err = float((model(pixel_values=x1).logits - masked).abs().max())
+            info = {
+                "round_to": round_to,
+                "structure": res.config["structure"],
+                "macs": res.macs[1],
+                "params": res.params[1],
+                "removed": res.removed,
+                "max_logit_diff_vs_masked": err,
+                "prune_s": round(time.perf_counter() - t0, 2),
+            }
+            label = f"remove {remove}" + (f" round_to {round_to}" if round_to > 1 else "")
+            label += f" {structure}" if len(a.structures) > 1 else ""
+            variants.append((label, remove, model, info))
+            dense_info = {"macs": res.macs[0], "params": res.params[0]}
         print(f"{name}: {len(variants)} variants built", file=sys.stderr, flush=True)
         # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
         b1 = {v[0]: [] for v in variants}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from hf_px import HfPxError, recalibrate_batchnorm  # noqa: E402
 from hf_px.loading import load_model  # noqa: E402
-from hf_px.structured import prune_structured, shrink  # noqa: E402
+from hf_px.structured import prune_structured, resolve_kinds, shrink  # noqa: E402
 from hf_px.training import finetune  # noqa: E402
 
 DEFAULT_DIR = Path("~/.cache/hf-px/fmnist-models").expanduser()
@@ -80,8 +80,16 @@ def finetune_epoch(model, train, seed: int, lr: float = 1e-3) -> None:
              seed=seed, schedule="cosine", max_grad_norm=None, shuffle="images")  # fmt: skip
 
 
+#: what ``auto`` meant for rows written before they recorded their unit kinds
+OLD_AUTO = {"resnet": "channels", "convnext": "channels", "vit": "neurons+heads"}
+
+
+def structure_of(row: dict) -> str:
+    return "+".join(row["structure"]) if "structure" in row else OLD_AUTO[row["family"]]
+
+
 def run_key(row: dict) -> tuple:
-    return (row["family"], row["method"], float(row["remove"]), int(row["seed"]))
+    return (row["family"], row["method"], float(row["remove"]), int(row["seed"]), structure_of(row))
 
 
 def read_runs(path: Path | None) -> list[dict]:
@@ -103,6 +111,112 @@ def append_run(path: Path | None, row: dict) -> None:
         fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+METHOD_LABELS = {
+    "px[form=fisher]": "structured PX (fisher, default for trained weights)",
+    "px[form=bound]": "structured PX (bound)",
+    "l1": "L1 (Li et al.)",
+    "taylor": "Taylor (Molchanov et al.)",
+    "random": "random",
+}
+BASELINES = ("l1", "taylor", "random")
+DENSE = {"resnet": 90.06, "convnext": 88.26, "vit": 82.84}  # train_fmnist_models.py's cache
+
+
+def _cells(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = ((r["family"], structure_of(r)), float(r["remove"]), r["method"])
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return 100 * sum(r[key] for r in rows) / len(rows)
+
+
+def _family_order(key: tuple[str, str]) -> tuple[int, str]:
+    return (("resnet", "convnext", "vit").index(key[0]), key[1])
+
+
+def tables(rows: list[dict]) -> str:
+    """Markdown: per family, MACs removed × method, mean over seeds of top-1 right after
+    pruning → after the epoch (seed count in the cell when not 3), best after in bold."""
+    cells = _cells(rows)
+    methods = [m for m in METHOD_LABELS if any(k[2] == m for k in cells)]
+    parts = []
+    for family in sorted({k[0] for k in cells}, key=_family_order):
+        removes = sorted({k[1] for k in cells if k[0] == family})
+        head = f"| MACs removed | {' | '.join(METHOD_LABELS[m] for m in methods)} |"
+        lines = [
+            f"**{family[0]}**, units: {family[1]} (dense {DENSE[family[0]]:.2f}%; cell: mean top-1 % right after "
+            "pruning → after one epoch over the seeds run (3 unless the cell says), best "
+            "after the epoch in bold)",
+            "",
+            head,
+            "|---|" + "---|" * len(methods),
+        ]
+        for remove in removes:
+            got = {m: cells.get((family, remove, m), []) for m in methods}
+            reach = [r for rs in got.values() for r in rs if "out_of_reach" in r]
+            if reach:
+                why = reach[0]["out_of_reach"].split(": ", 1)[-1].split(" (")[0]
+                lines.append(f"| {remove:.0%} | out of reach: {why} |" + " |" * (len(methods) - 1))
+                continue
+            after = {m: _mean(rs, "accuracy_finetuned") for m, rs in got.items() if rs}
+            best = max(after.values())
+            row = []
+            for m in methods:
+                rs = got[m]
+                if not rs:
+                    row.append("–")
+                    continue
+                a, f = _mean(rs, "accuracy_pruned"), after[m]
+                fin = f"**{f:.2f}**" if f == best else f"{f:.2f}"
+                n = "" if len(rs) == 3 else f" ({len(rs)} seed{'s' if len(rs) > 1 else ''})"
+                row.append(f"{a:.2f} → {fin}{n}")
+            lines.append(f"| {remove:.0%} | {' | '.join(row)} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def goals_table(rows: list[dict], default: str = "px[form=fisher]") -> str:
+    """The default structured PX against the best baseline after the epoch, per cell."""
+    cells = _cells(rows)
+    lines = [
+        "| family | MACs removed | structured PX (default) | best baseline | difference | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family in sorted({k[0] for k in cells}, key=_family_order):
+        for remove in sorted({k[1] for k in cells if k[0] == family}):
+            px = [r for r in cells.get((family, remove, default), []) if "out_of_reach" not in r]
+            base = {
+                m: rs
+                for m in BASELINES
+                if (
+                    rs := [r for r in cells.get((family, remove, m), []) if "out_of_reach" not in r]
+                )
+            }
+            if not px or not base:
+                continue
+            m, rs = max(base.items(), key=lambda kv: _mean(kv[1], "accuracy_finetuned"))
+            a, b = _mean(px, "accuracy_finetuned"), _mean(rs, "accuracy_finetuned")
+            lines.append(
+                f"| {family[0]} ({family[1]}) | {remove:.0%} | {a:.2f} | {m} {b:.2f} | {a - b:+.2f} | "
+                f"{len(px)} / {len(rs)} |"
+            )
+    return "\n".join(lines)
+
+
+def replace_block(path: Path, name: str, body: str) -> None:
+    """Swap the text between ``<!-- bench_structured:NAME:begin/end -->`` markers."""
+    begin, end = f"<!-- bench_structured:{name}:begin -->", f"<!-- bench_structured:{name}:end -->"
+    text = path.read_text()
+    if begin not in text:
+        raise SystemExit(f"error: {path} has no {begin} marker")
+    start, stop = text.index(begin), text.index(end) + len(end)
+    path.write_text(text[:start] + f"{begin}\n\n{body}\n\n{end}" + text[stop:])
+
+
 def parse_method(spec: str) -> tuple[str, dict[str, str]]:
     """``px[form=fisher]`` → ("px", {"form": "fisher"}); a bare name has no options."""
     name, _, rest = spec.partition("[")
@@ -118,6 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--remove", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--rounds", type=int, default=None, help="default: the method's own")
+    p.add_argument("--structure", default="auto", help="unit kinds (auto: all of the family)")
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
@@ -125,7 +240,16 @@ def main(argv=None) -> int:
         "--runs", type=Path, default=None,
         help="JSONL cache: each finished cell is appended; cells already there are skipped",
     )  # fmt: skip
+    p.add_argument(
+        "--write-docs", action="store_true",
+        help="only write the tables of --runs into docs/benchmarks.md and docs/method.md",
+    )  # fmt: skip
     a = p.parse_args(argv)
+    if a.write_docs:
+        rows = read_runs(a.runs or ROOT / "docs" / "bench_structured_runs.jsonl")
+        replace_block(ROOT / "docs" / "benchmarks.md", "tables", tables(rows))
+        replace_block(ROOT / "docs" / "method.md", "goals", goals_table(rows))
+        return 0
     done = {run_key(r) for r in read_runs(a.runs)} if a.runs else set()
     missing = [f for f in a.families if not (a.models_dir / f / "config.json").is_file()]
     if missing:
@@ -141,12 +265,13 @@ def main(argv=None) -> int:
         dense.eval()
         train, test, calibration = load_data(processor, a.train_limit, a.test_limit)
         base = accuracy(dense, test)
+        kinds = resolve_kinds(dense, a.structure)
         out["results"].append({"family": family, "method": "dense", "accuracy": base})
         print(f"{family}: dense {base:.4f}", file=sys.stderr, flush=True)
         for remove in a.remove:
             for method in a.methods:
                 for seed in a.seeds:
-                    key = (family, method, remove, seed)
+                    key = (family, method, remove, seed, "+".join(kinds))
                     if key in done:
                         continue
                     model = copy.deepcopy(dense)
@@ -155,10 +280,11 @@ def main(argv=None) -> int:
                     try:
                         res = prune_structured(
                             model, calibration, remove, method=name, rounds=a.rounds, seed=seed,
-                            **options,
+                            structure=kinds, **options,
                         )  # fmt: skip
                     except HfPxError as err:  # e.g. more MACs than the unit kinds hold
                         row = {"family": family, "method": method, "remove": remove}
+                        row["structure"] = kinds
                         row = {**row, "seed": seed, "out_of_reach": str(err)}
                         out["results"].append(row)
                         append_run(a.runs, row)
@@ -174,6 +300,7 @@ def main(argv=None) -> int:
                         "method": method,
                         "remove": remove,
                         "seed": seed,
+                        "structure": kinds,
                         "removed_macs": res.removed["macs"],
                         "accuracy_pruned": pruned,
                         "accuracy_finetuned": accuracy(model, test),

@@ -112,14 +112,68 @@ def test_units_of_each_family():
     assert kinds == {
         "vit": {"neurons", "heads"},
         "deit": {"neurons", "heads"},
-        "resnet": {"channels"},
-        "resnet-basic": {"channels"},
+        "resnet": {"channels", "stream"},
+        "resnet-basic": {"channels", "stream"},
         "convnext": {"channels"},
     }
-    resnet = find_units(build("resnet"))
+    resnet = find_units(build("resnet"), ["channels"])
     assert len(resnet) == 2 * 3  # two internal widths per bottleneck, three blocks
     with pytest.raises(HfPxError, match="does not exist"):
         prune_structured(build("resnet"), batches(), 0.1, structure="heads")
+
+
+def test_resnet_streams_are_every_writer_and_reader_of_a_residual_run():
+    """One stream per run of blocks between projection shortcuts: the stem's output is a
+    stream of its own when the first block projects, and joins the first stage's stream
+    when that block adds its input unchanged; the last stream is read by the classifier."""
+    stage = "resnet.encoder.stages"
+    projected = {g.name: g for g in find_units(build("resnet-basic"), ["stream"])}
+    assert [g.size for g in projected.values()] == [8, 16, 32]
+    s0, s1, s2 = projected.values()
+    assert s0.producers == ("resnet.embedder.embedder.convolution",)
+    assert s0.consumers == (
+        f"{stage}.0.layers.0.layer.0.convolution",
+        f"{stage}.0.layers.0.shortcut.convolution",
+    )
+    assert s2.producers == (
+        f"{stage}.1.layers.0.shortcut.convolution",
+        f"{stage}.1.layers.0.layer.1.convolution",
+        f"{stage}.1.layers.1.layer.1.convolution",
+    )
+    assert s2.consumers == (f"{stage}.1.layers.1.layer.0.convolution", "classifier.1")
+    assert len(s2.norms) == len(s2.producers)
+    cfg = t.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"
+    )
+    joined = find_units(t.ResNetForImageClassification(cfg), ["stream"])
+    assert [g.size for g in joined] == [16, 32]
+    assert joined[0].producers == (
+        "resnet.embedder.embedder.convolution",
+        f"{stage}.0.layers.0.layer.1.convolution",
+    )
+
+
+@pytest.mark.parametrize("kind", ["resnet", "resnet-basic"])
+@pytest.mark.parametrize("method", ["px", "taylor", "l1"])
+def test_removing_stream_channels_computes_the_masked_function(tmp_path, kind, method):
+    """Stream units alone (every group loses some), shrunk and through a hooked checkpoint:
+    the logits of the masked network, and the parameter count the cost model said."""
+    model = build(kind)
+    data = batches()
+    res = prune_structured(
+        model, data, 0.3, structure="stream", method=method, rounds=2, uniform=True
+    )
+    counts = res.counts()
+    assert all(counts[g.name] < g.size for g in res.groups), counts
+    want = logits(model, data[0]["pixel_values"])
+    shrink(model, res.groups, res.kept)
+    torch.testing.assert_close(logits(model, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in model.parameters()) == res.params[1]
+    if method == "px":
+        loaded = t.AutoModelForImageClassification.from_pretrained(
+            save_structured(model, tmp_path / "s", res)
+        ).eval()
+        torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
 
 
 def test_uniform_gives_equal_widths_and_targets_are_met():
@@ -246,8 +300,8 @@ def test_structured_px_follows_the_form_rule_of_unstructured_px(tmp_path):
 @pytest.mark.parametrize("kind", ["resnet-basic", "vit"])
 def test_px_unit_fisher_is_the_per_sample_gate_derivative_squared(kind):
     """form="fisher": Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_u)², checked one sample and one class
-    at a time through the consumer's weight gradient (Σ over u's columns of g · θ), in
-    float64; the removed units of a second round score 0."""
+    at a time through the consumers' weight gradients (Σ over u's columns of g · θ, over
+    every consumer), in float64; the removed units of a second round score 0."""
     model = build(kind).double()
     data = [{"pixel_values": b["pixel_values"].double()} for b in batches(1)]
     groups = find_units(model)
@@ -260,10 +314,13 @@ def test_px_unit_fisher_is_the_per_sample_gate_derivative_squared(kind):
         p = out.softmax(-1)[0].detach()
         for c in range(out.shape[-1]):
             loss = nn.functional.cross_entropy(out, torch.tensor([c]))
-            for g in groups:
-                w = model.get_submodule(g.consumers[0]).weight
-                (grad,) = torch.autograd.grad(loss, w, retain_graph=True)
-                want[g.name] += p[c] * per_unit_columns(grad * w.detach(), g).pow(2)
+            for g in groups:  # one mask on every reader of u (a stream has several)
+                ws = [model.get_submodule(name).weight for name in g.consumers]
+                grads = torch.autograd.grad(loss, ws, retain_graph=True)
+                d = sum(
+                    per_unit_columns(gr * w.detach(), g) for gr, w in zip(grads, ws, strict=True)
+                )
+                want[g.name] += p[c] * d.pow(2)
     for name in want:
         assert want[name].sum() > 0  # (a unit whose ReLU never fires is exactly 0)
         torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=0.0)

@@ -20,7 +20,7 @@ from ..refs import public_name
 from . import common, output, parsing
 from .resolve import is_shipped, load, model_name
 
-STRUCTURES = ("auto", "channels", "neurons", "heads")
+STRUCTURES = ("auto", "channels", "stream", "neurons", "heads")
 
 
 def run(args: argparse.Namespace) -> int:

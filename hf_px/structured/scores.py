@@ -240,9 +240,12 @@ def _unit_fisher(model, batches, groups, n_classes: int) -> dict[str, torch.Tens
                 w = p.gather(1, cls[:, None])[:, 0].double()
                 loss = nn.functional.cross_entropy(logits, cls, reduction="sum")
                 grads = torch.autograd.grad(loss, [gates[n] for n in names], retain_graph=r < k - 1)
+                # one mask c_u on every consumer of u: its derivative sums over them
+                per_group: dict[str, torch.Tensor] = {}
                 for n, gr in zip(names, grads, strict=True):
                     g = consumer_of[n]
-                    per = gr.detach().double().reshape(gr.shape[0], -1)
-                    per = per.reshape(per.shape[0], g.size, g.width).sum(-1)
-                    acc[g.name] += (w[:, None] * per.square()).sum(0).cpu()
+                    per = gr.detach().double().reshape(gr.shape[0], g.size, g.width).sum(-1)
+                    per_group[g.name] = per_group.get(g.name, 0) + per
+                for name, per in per_group.items():
+                    acc[name] += (w[:, None] * per.square()).sum(0).cpu()
     return acc

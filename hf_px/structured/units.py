@@ -8,13 +8,17 @@ its norm entries and its columns; nothing else in the network sees those channel
 so the smaller network computes exactly what the network with those weights at zero
 computes (the consumers' columns carry all of the unit's effect).
 
-Only channels *inside* a residual block are units: a stage's residual stream
-channels are read and written by every block of the stage (and the shortcut), so
-removing one means editing all of them together; hf-px does not do that (yet).
+A residual *stream* channel is written by every block of a stage (its last
+convolution, and the projection shortcut that opens the stage) and read by every block
+(its first convolution) and by whatever follows the stage; removing one means editing
+all of them together. That is the ResNet kind ``stream``: one group per run of blocks
+between projection shortcuts (the stem's output joins the first stage's stream when
+the first block adds its input unchanged), consumers = every first convolution and
+projection shortcut that reads it, and the classifier for the last stage.
 
 * ``resnet``: the two internal widths of every bottleneck (conv 1x1 → conv 3x3 →
   conv 1x1: the outputs of the first two convolutions with their BatchNorms) or
-  the one of a basic block, kind ``channels``.
+  the one of a basic block, kind ``channels``; the residual streams, kind ``stream``.
 * ``convnext``: the MLP hidden channels of every block (``pwconv1`` → GELU →
   ``pwconv2``), kind ``channels``.
 * ``vit`` / ``deit``: the MLP neurons of every layer (``fc1`` → GELU → ``fc2``), kind
@@ -30,9 +34,9 @@ from torch import nn
 
 from ..errors import HfPxError
 
-KINDS = ("channels", "neurons", "heads")
+KINDS = ("channels", "stream", "neurons", "heads")
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
-    "resnet": ("channels",),
+    "resnet": ("channels", "stream"),
     "convnext": ("channels",),
     "vit": ("neurons", "heads"),
     "deit": ("neurons", "heads"),
@@ -115,7 +119,53 @@ def find_units(
                     (f"{name}.o_proj",), uniform_key="num_attention_heads",
                 )
             )  # fmt: skip
+    if mt == "resnet" and "stream" in kinds:
+        groups += _resnet_streams(model)
     return groups
+
+
+def _resnet_streams(model: nn.Module) -> list[UnitGroup]:
+    """The residual streams of an HF ResNet: (producers, norms, consumers) per stream."""
+    base = getattr(model, "resnet", model)
+    prefix = "resnet." if base is not model else ""
+    stem = f"{prefix}embedder.embedder"
+    streams: list[dict[str, list[str]]] = []
+    cur = {
+        "producers": [f"{stem}.convolution"],
+        "norms": [f"{stem}.normalization"],
+        "consumers": [],
+    }
+    for si, stage in enumerate(base.encoder.stages):
+        for li, layer in enumerate(stage.layers):
+            name = f"{prefix}encoder.stages.{si}.layers.{li}"
+            last = len(layer.layer) - 1
+            cur["consumers"].append(f"{name}.layer.0.convolution")
+            if isinstance(getattr(layer.shortcut, "convolution", None), nn.Conv2d):
+                cur["consumers"].append(f"{name}.shortcut.convolution")
+                streams.append(cur)
+                cur = {
+                    "producers": [f"{name}.shortcut.convolution"],
+                    "norms": [f"{name}.shortcut.normalization"],
+                    "consumers": [],
+                }
+            cur["producers"].append(f"{name}.layer.{last}.convolution")
+            cur["norms"].append(f"{name}.layer.{last}.normalization")
+    head = getattr(model, "classifier", None)
+    linear = [f"classifier.{i}" for i, m in enumerate(head or []) if isinstance(m, nn.Linear)]
+    if len(linear) != 1:
+        return []  # a backbone or an unknown head: what reads the last stream is not known
+    cur["consumers"].append(linear[0])
+    streams.append(cur)
+    out = []
+    for i, st in enumerate(streams):
+        width = model.get_submodule(st["producers"][0]).out_channels
+        out.append(
+            UnitGroup(
+                f"{prefix}stream.{i}", "stream", width, 1, tuple(st["producers"]),
+                tuple(st["consumers"]), norms=tuple(st["norms"]),
+            )
+        )  # fmt: skip
+    return out
 
 
 def _resnet_block(name: str, module: nn.Module, cls: str) -> list[UnitGroup]:
