@@ -204,8 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--structure",
         choices=STRUCTURES,
         default="auto",
-        help="unit kind; auto = every kind the family has (ResNet/ConvNeXt: channels; "
-        "ViT/DeiT: neurons and heads)",
+        help="unit kind; auto = every kind the family has (ResNet: channels and the "
+        "residual streams; ConvNeXt: channels; ViT/DeiT: neurons and heads)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")
     p.add_argument(
