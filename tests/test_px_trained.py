@@ -54,6 +54,38 @@ def test_per_sample_forms_equal_brute_force(form, chunk, monkeypatch):
         torch.testing.assert_close(got[n].double(), want[n], rtol=1e-4, atol=1e-12)
 
 
+@pytest.mark.parametrize("form", ["fisher", "paths"])
+def test_per_sample_forms_on_windowed_attention_are_per_image(form):
+    """Swin runs its attention on windows (16 per image here): the per-sample sums are per
+    image, not per window, as a one-image-at-a-time brute force gives them."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    cfg = t.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+        window_size=2, num_labels=3,
+    )  # fmt: skip
+    model = t.SwinForImageClassification(cfg).eval().double()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = compute_scores(model, [{"pixel_values": x}], method="px", form=form)
+    params = {n: p for n, p in model.named_parameters() if n in got}
+    assert any("attention.o_proj" in n for n in params)
+    want = {n: torch.zeros_like(p) for n, p in params.items()}
+    for xn in x:
+        logits = model(pixel_values=xn[None]).logits[0]
+        p = torch.softmax(logits, -1).detach()
+        for c in range(3):
+            if form == "paths":
+                obj, w = logits[c], 1.0
+            else:
+                obj, w = nn.functional.cross_entropy(logits[None], torch.tensor([c])), p[c]
+            grads = torch.autograd.grad(obj, list(params.values()), retain_graph=True)
+            for n, g in zip(params, grads, strict=True):
+                want[n] += w * g.pow(2)
+    for n, p in params.items():
+        torch.testing.assert_close(got[n], want[n] * p.detach().pow(2), rtol=1e-6, atol=1e-15)
+
+
 def test_fisher_top_classes_is_a_lower_sum_and_masks_zero_scores():
     model = _net()
     batches = [{"pixel_values": torch.randn(4, 3, 7, 7)}]

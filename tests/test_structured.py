@@ -47,6 +47,12 @@ def build(kind: str) -> nn.Module:
         model = t.ViTForImageClassification(t.ViTConfig(**vit))
     elif kind == "deit":
         model = t.DeiTForImageClassification(t.DeiTConfig(**vit))
+    elif kind == "swin":  # windows of 2x2 patches: the attention runs on 16 windows per image
+        cfg = t.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4],
+            window_size=2, num_labels=3,
+        )  # fmt: skip
+        model = t.SwinForImageClassification(cfg)
     elif kind == "resnet":
         cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2], num_labels=3)
         model = t.ResNetForImageClassification(cfg)
@@ -62,7 +68,9 @@ def build(kind: str) -> nn.Module:
 
 
 # the most each tiny model can lose with internal units only (stem/stream convs stay)
-REMOVE = {"vit": 0.4, "deit": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4}
+REMOVE = {
+    "vit": 0.4, "deit": 0.4, "swin": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4
+}  # fmt: skip
 
 
 def batches(n: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -83,6 +91,8 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     [
         ("vit", "px"),
         ("deit", "px"),
+        ("swin", "px"),
+        ("swin", "taylor"),
         ("resnet", "px"),
         ("resnet-basic", "px"),
         ("convnext", "px"),
@@ -112,6 +122,7 @@ def test_units_of_each_family():
     assert kinds == {
         "vit": {"neurons", "heads"},
         "deit": {"neurons", "heads"},
+        "swin": {"neurons", "heads"},
         "resnet": {"channels", "stream"},
         "resnet-basic": {"channels", "stream"},
         "convnext": {"channels"},
@@ -297,7 +308,7 @@ def test_structured_px_follows_the_form_rule_of_unstructured_px(tmp_path):
             prune_structured(copy.deepcopy(copied), data, **kw, **bad)
 
 
-@pytest.mark.parametrize("kind", ["resnet-basic", "vit"])
+@pytest.mark.parametrize("kind", ["resnet-basic", "vit", "swin"])
 def test_px_unit_fisher_is_the_per_sample_gate_derivative_squared(kind):
     """form="fisher": Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_u)², checked one sample and one class
     at a time through the consumers' weight gradients (Σ over u's columns of g · θ, over
@@ -439,7 +450,7 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     assert "hf_px_structured_checkpoint" in proc.stdout + proc.stderr  # the marker's hint
 
 
-@pytest.mark.parametrize("kind", ["convnext", "vit", "deit"])
+@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin"])
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
     data = batches()

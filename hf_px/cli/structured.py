@@ -205,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=STRUCTURES,
         default="auto",
         help="unit kind; auto = every kind the family has (ResNet: channels and the "
-        "residual streams; ConvNeXt: channels; ViT/DeiT: neurons and heads)",
+        "residual streams; ConvNeXt: channels; ViT/DeiT/Swin: neurons and heads)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")
     p.add_argument(

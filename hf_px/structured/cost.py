@@ -57,8 +57,10 @@ def layer_macs(model: nn.Module, image_size: int, num_channels: int = 3) -> dict
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs["hidden_states"]
             tokens = hidden.shape[-2]
+            sequences = math.prod(hidden.shape[:-2])  # Swin: every window of the image
             heads = module.q_proj.out_features // module.head_dim
-            out[name] = out.get(name, 0) + 2 * tokens * tokens * module.head_dim * heads
+            per = 2 * tokens * tokens * module.head_dim * heads
+            out[name] = out.get(name, 0) + sequences * per
 
         return hook
 
@@ -94,6 +96,7 @@ class CostModel:
                 in_of[n] = g.name
             if g.kind == "heads":
                 out_of[g.name] = g.name  # its matmuls scale with the head count
+                out_of[f"{g.name}.relative_position_bias"] = g.name  # Swin: a bias column each
         self.macs_terms = self._terms(layer_macs(model, image_size), out_of, in_of)
         params = {name: p.numel() for name, p in model.named_parameters()}
         # a bias / norm parameter scales with its module's outputs only, a weight with both

@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import HfPxError
 from ..methods.base import call, cross_entropy, hooks, model_mode
 from ..methods.px.options import PxOptions, form_choice
+from ..methods.px.per_sample import per_sample_rows
 from ..pruning import compute_scores
 from .units import UnitGroup
 
@@ -209,14 +210,19 @@ def _unit_fisher(model, batches, groups, n_classes: int) -> dict[str, torch.Tens
     `n_classes` most probable classes per sample; float64."""
     gates: dict[str, torch.Tensor] = {}
 
-    def pre_hook_for(name: str, group: UnitGroup, conv: bool):
+    samples = [0]
+
+    def pre_hook_for(name: str, conv: bool):
         def pre_hook(module, args):
             a = args[0]
-            n, c = a.shape[0], a.shape[1] if conv else a.shape[-1]
-            shape = (n, c, *([1] * (a.dim() - 2))) if conv else (n, *([1] * (a.dim() - 2)), c)
+            n = samples[0]
+            c = a.shape[1] if conv else a.shape[-1]
+            # one gate per image: a layer run on windows (Swin) shares its image's gate
+            rows = per_sample_rows(module, a, n) if not conv else a
+            shape = (n, c, *([1] * (a.dim() - 2))) if conv else (n, *([1] * (rows.dim() - 2)), c)
             gate = torch.ones(shape, dtype=a.dtype, device=a.device, requires_grad=True)
             gates[name] = gate
-            return (a * gate, *args[1:])
+            return ((rows * gate).reshape(a.shape), *args[1:])
 
         return pre_hook
 
@@ -224,11 +230,12 @@ def _unit_fisher(model, batches, groups, n_classes: int) -> dict[str, torch.Tens
     handles = []
     for name, g in consumer_of.items():
         m = model.get_submodule(name)
-        handles.append(m.register_forward_pre_hook(pre_hook_for(name, g, isinstance(m, nn.Conv2d))))
+        handles.append(m.register_forward_pre_hook(pre_hook_for(name, isinstance(m, nn.Conv2d))))
     acc = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     with model_mode(model), hooks(handles), torch.enable_grad():
         for batch in batches:
             gates.clear()
+            samples[0] = int(batch["pixel_values"].shape[0])
             logits = model(pixel_values=batch["pixel_values"]).logits
             logits = logits if logits.dtype == torch.float64 else logits.float()
             p = torch.softmax(logits.detach(), dim=-1)

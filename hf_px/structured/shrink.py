@@ -88,6 +88,14 @@ def resize_group(
         attention = model.get_submodule(group.name)
         if hasattr(attention, "num_attention_heads"):
             attention.num_attention_heads = n_units
+        # Swin: one column of relative position biases per head
+        bias = getattr(attention, "relative_position_bias", None)
+        table = getattr(bias, "relative_position_bias_table", None)
+        if table is not None:
+            heads = kept.to(torch.long) if kept is not None else None
+            bias.relative_position_bias_table = _param(
+                _take(table, 1, heads, n_units), table.requires_grad
+            )
 
 
 @torch.no_grad()

@@ -21,9 +21,11 @@ projection shortcut that reads it, and the classifier for the last stage.
   the one of a basic block, kind ``channels``; the residual streams, kind ``stream``.
 * ``convnext``: the MLP hidden channels of every block (``pwconv1`` → GELU →
   ``pwconv2``), kind ``channels``.
-* ``vit`` / ``deit``: the MLP neurons of every layer (``fc1`` → GELU → ``fc2``), kind
-  ``neurons``; the attention heads (``q_proj``/``k_proj``/``v_proj`` rows of a head,
-  ``o_proj`` columns), kind ``heads``.
+* ``vit`` / ``deit`` / ``swin``: the MLP neurons of every layer (``fc1`` → GELU →
+  ``fc2``), kind ``neurons``; the attention heads (``q_proj``/``k_proj``/``v_proj``
+  rows of a head, ``o_proj`` columns; a Swin head also its column of the relative
+  position bias table), kind ``heads``. Swin's config gives widths per stage as ratios
+  (``mlp_ratio``, ``num_heads``), so its pruned widths always need the hook.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     "convnext": ("channels",),
     "vit": ("neurons", "heads"),
     "deit": ("neurons", "heads"),
+    "swin": ("neurons", "heads"),
 }
+#: families whose config names one MLP width and one head count for every layer
+_UNIFORM_CONFIG = ("vit", "deit")
 
 
 @dataclass(frozen=True)
@@ -103,20 +108,22 @@ def find_units(
                     (f"{name}.pwconv2",), uniform_key="",
                 )
             )  # fmt: skip
-        elif mt in ("vit", "deit") and cls.endswith("MLP") and "neurons" in kinds:
+        elif mt in ("vit", "deit", "swin") and cls.endswith("MLP") and "neurons" in kinds:
+            key = "intermediate_size" if mt in _UNIFORM_CONFIG else ""
             groups.append(
                 UnitGroup(
                     f"{name}", "neurons", module.fc1.out_features, 1, (f"{name}.fc1",),
-                    (f"{name}.fc2",), uniform_key="intermediate_size",
+                    (f"{name}.fc2",), uniform_key=key,
                 )
             )  # fmt: skip
-        elif mt in ("vit", "deit") and cls.endswith("Attention") and "heads" in kinds:
+        elif mt in ("vit", "deit", "swin") and cls.endswith("Attention") and "heads" in kinds:
             hd = module.head_dim
+            key = "num_attention_heads" if mt in _UNIFORM_CONFIG else ""
             groups.append(
                 UnitGroup(
                     f"{name}", "heads", module.q_proj.out_features // hd, hd,
                     tuple(f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj")),
-                    (f"{name}.o_proj",), uniform_key="num_attention_heads",
+                    (f"{name}.o_proj",), uniform_key=key,
                 )
             )  # fmt: skip
     if mt == "resnet" and "stream" in kinds:

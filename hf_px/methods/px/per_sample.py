@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...errors import HfPxError
 from ..base import Batch, ScoringContext, call, hooks, masked_tensors, model_mode, timed
 from ..refresh import reusable
 
@@ -73,7 +74,21 @@ def _per_sample_grad(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tor
 CHUNK_ELEMENTS = 2**25
 
 
-def _accumulate(acc, modules, calls, grads, weight) -> None:
+def per_sample_rows(module: nn.Module, t: torch.Tensor, n: int) -> torch.Tensor:
+    """`t` (a layer's input or output gradient) with one leading row per sample: a Linear
+    that runs on windows (Swin: n·k windows, sample-major as its window partition makes
+    them) gets each sample's windows folded into its positions."""
+    if t.shape[0] == n:
+        return t
+    if not isinstance(module, nn.Linear) or t.shape[0] % n:
+        raise HfPxError(
+            f"{type(module).__name__} ran on {t.shape[0]} rows for {n} images; per-sample "
+            "scores need one row per image or whole windows per image (use form='bound')"
+        )
+    return t.reshape(n, -1, t.shape[-1])
+
+
+def _accumulate(acc, modules, calls, grads, weight, n_samples: int) -> None:
     """acc[name] += Σ_n w_n (Σ_calls per-sample gradient_n)², samples in chunks.
 
     √w_n scales the output gradient before the outer product (w ≥ 0), so the square
@@ -82,6 +97,8 @@ def _accumulate(acc, modules, calls, grads, weight) -> None:
     root = None if weight is None else weight.detach().to(GRAD_DTYPE).clamp_min(0).sqrt()
     for (name, a, _), b in zip(calls, grads, strict=True):
         if b is not None:
+            a = per_sample_rows(modules[name], a, n_samples)
+            b = per_sample_rows(modules[name], b, n_samples)
             if root is not None:
                 b = b.detach().to(GRAD_DTYPE) * root.view(-1, *([1] * (b.dim() - 1)))
             by_name.setdefault(name, []).append((a, b))
@@ -152,7 +169,7 @@ def curvature(ctx: ScoringContext, batches: Sequence[Batch], form: str) -> dict[
                 grads = torch.autograd.grad(
                     objective, outputs, retain_graph=i < len(passes) - 1, allow_unused=True
                 )
-                _accumulate(acc, modules, calls, grads, weight)
+                _accumulate(acc, modules, calls, grads, weight, len(logits))
     return dict(sorted(acc.items()))
 
 
