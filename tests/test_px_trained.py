@@ -23,12 +23,13 @@ def _net():
     ).eval()
 
 
-def _brute(model, x, form):
+def _brute(model, x, form, names=None, forward=lambda model, x: model(x)):
     """θ² Σ_n Σ_c w_nc (∂objective_c(x_n)/∂θ)², one sample and class at a time."""
-    params = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    keep = (lambda n: n.endswith("weight")) if names is None else names.__contains__
+    params = {n: p for n, p in model.named_parameters() if keep(n)}
     acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
     for xn in x:
-        logits = model(xn[None])[0]
+        logits = forward(model, xn[None])[0]
         p = torch.softmax(logits, -1).detach()
         for c in range(logits.shape[-1]):
             if form == "paths":
@@ -68,22 +69,10 @@ def test_per_sample_forms_on_windowed_attention_are_per_image(form):
     model = t.SwinForImageClassification(cfg).eval().double()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     got = compute_scores(model, [{"pixel_values": x}], method="px", form=form)
-    params = {n: p for n, p in model.named_parameters() if n in got}
-    assert any("attention.o_proj" in n for n in params)
-    want = {n: torch.zeros_like(p) for n, p in params.items()}
-    for xn in x:
-        logits = model(pixel_values=xn[None]).logits[0]
-        p = torch.softmax(logits, -1).detach()
-        for c in range(3):
-            if form == "paths":
-                obj, w = logits[c], 1.0
-            else:
-                obj, w = nn.functional.cross_entropy(logits[None], torch.tensor([c])), p[c]
-            grads = torch.autograd.grad(obj, list(params.values()), retain_graph=True)
-            for n, g in zip(params, grads, strict=True):
-                want[n] += w * g.pow(2)
-    for n, p in params.items():
-        torch.testing.assert_close(got[n], want[n] * p.detach().pow(2), rtol=1e-6, atol=1e-15)
+    assert any("attention.o_proj" in n for n in got)
+    want = _brute(model, x, form, set(got), lambda m, xn: m(pixel_values=xn).logits)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-6, atol=1e-15)
 
 
 def test_fisher_top_classes_is_a_lower_sum_and_masks_zero_scores():
