@@ -404,7 +404,8 @@ def trainer_finetune(
             eval_dataset=eval_dataset,
             data_collator=collate,
             compute_metrics=_accuracy,
-            callbacks=[MaskedTrainingCallback(masks)],
+            # a structured model has no masks: its removed units are gone, not held at 0
+            callbacks=[MaskedTrainingCallback(masks)] if masks else [],
         )
         if quiet:  # Trainer prints every log dict without a progress bar
             from transformers.trainer_callback import PrinterCallback, ProgressCallback

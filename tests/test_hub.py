@@ -418,3 +418,39 @@ save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sys.argv[2
     weights = load_file(loaded)
     for name, tensor in model50.state_dict().items():
         assert torch.equal(weights[name], tensor), name
+
+
+def test_structured_checkpoint_round_trips_through_the_hub(hub, tmp_path):
+    """A structured checkpoint (hooked layout: ResNet with stream units) pushed with
+    `hf-px push`, then `import hf_px` + from_pretrained(repo_id) in a fresh cache and
+    process gives the smaller model's logits."""
+    import transformers as t
+
+    from hf_px.checkpoint.structured import save_structured
+    from hf_px.structured import prune_structured
+
+    torch.manual_seed(0)
+    cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], num_labels=3)
+    model = t.ResNetForImageClassification(cfg).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    res = prune_structured(model, [{"pixel_values": x}], 0.3, method="l1", structure="auto")
+    folder = save_structured(model, tmp_path / "struct", res)
+    with torch.no_grad():
+        want = model(pixel_values=x).logits
+    torch.save(x, tmp_path / "x.pt")
+    proc = _push_cli(hub.url, tmp_path, folder, f"{USER}/tiny-resnet-struct")
+    assert proc.returncode == 0, proc.stderr
+    load = """
+import sys, torch
+import hf_px  # registers the structured layout
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    torch.save(model(pixel_values=torch.load(sys.argv[2])).logits, sys.argv[3])
+"""
+    out = tmp_path / "logits.pt"
+    args = (f"{USER}/tiny-resnet-struct", str(tmp_path / "x.pt"), str(out))
+    proc = _run(load, *args, hub_url=hub.url, home=tmp_path / "fresh", token=None, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch.testing.assert_close(torch.load(out), want, atol=1e-5, rtol=0)

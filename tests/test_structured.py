@@ -526,3 +526,32 @@ def test_cli_prune_structured_says_which_px_form_it_used(tmp_path, capsys):
     assert run([*base, *flags, "--px-form", "bound", "--output-dir", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["px_form"]["form"] == "bound"
     assert load_units(out)["config"]["px_form"]["form"] == "bound"
+
+
+def test_cli_finetune_trains_a_structured_checkpoint_and_keeps_its_layout(tmp_path, capsys):
+    """`hf-px finetune` on a `prune-structured` output: Trainer trains the smaller model
+    (its quantizer allows training), the output keeps the layout and the unit record with
+    the recipe added, loads with the same shapes, and its weights moved."""
+    from safetensors.torch import load_file
+
+    from hf_px.cli.main import run
+
+    src, out = tmp_path / "s", tmp_path / "s-ft"
+    argv = ["prune-structured", "px-digits-resnet", "--remove", "0.3", "--rounds", "1"]
+    assert run([*argv, "--num-samples", "20", "--no-latency", "--output-dir", str(src)]) == 0
+    capsys.readouterr()
+    ft = ["finetune", str(src), "--epochs", "1", "--num-samples", "64", "--quiet", "--json"]
+    assert run([*ft, "--format", "bitmask", "--output-dir", str(out)]) == 2
+    assert "structured checkpoint" in capsys.readouterr().err and not out.exists()
+    assert run([*ft, "--output-dir", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "structured, hf_px_structured" and summary["removed"]["macs"] >= 0.3
+    before, after = load_units(src), load_units(out)
+    assert after["config"]["finetune"]["epochs"] == 1 and "finetune" not in before["config"]
+    assert after["groups"] == before["groups"] and after["layout"] == before["layout"]
+    assert "Fine-tuned after pruning" in (out / "README.md").read_text()
+    a, b = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+    loaded = t.AutoModelForImageClassification.from_pretrained(out)
+    assert sum(p.numel() for p in loaded.parameters()) == before["params"]["after"]

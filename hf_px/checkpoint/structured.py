@@ -24,6 +24,7 @@ latency when measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -35,7 +36,7 @@ from torch import nn
 
 from ..errors import HfPxError
 from ..structured import StructuredResult, shrink
-from ..structured.units import UnitGroup
+from ..structured.units import UnitGroup, find_units
 from .save import _commit, _input_dirs, _new_parents, _staging, check_output_dir
 
 UNITS_NAME = "structured_units.json"
@@ -122,6 +123,31 @@ def save_structured(
         if not had_head_dim and hasattr(config, "head_dim"):
             del config.head_dim
     return target
+
+
+def load_result(directory: str | os.PathLike, model: nn.Module) -> StructuredResult:
+    """The :class:`StructuredResult` a structured checkpoint in `directory` was saved
+    from, for `model` loaded from it (already shrunk): what `save_structured` needs to
+    write it again after fine-tuning."""
+    record = load_units(directory)
+    saved = record.get("groups", {})
+    groups = []
+    kept = {}
+    for g in find_units(model, record["config"]["structure"]):
+        if g.name not in saved:
+            raise HfPxError(f"{UNITS_NAME} in {directory} does not list unit group {g.name}")
+        rec = saved[g.name]
+        groups.append(dataclasses.replace(g, size=int(rec["size"])))
+        mask = torch.zeros(int(rec["size"]), dtype=torch.bool)
+        mask[torch.tensor(rec["kept"], dtype=torch.long)] = True
+        kept[g.name] = mask
+    return StructuredResult(
+        groups=groups,
+        kept=kept,
+        config=dict(record["config"]),
+        macs=(record["macs"]["before"], record["macs"]["after"]),
+        params=(record["params"]["before"], record["params"]["after"]),
+    )
 
 
 def units_record(result: StructuredResult, latency: dict[str, Any] | None = None) -> dict:
@@ -217,14 +243,25 @@ def model_card(result: StructuredResult, record: dict[str, Any]) -> str:
             "Layer widths differ from what the model's config can describe: `import hf_px` "
             "before `from_pretrained` (without it, loading fails with a size mismatch)."
         )
+    form = cfg.get("px_form", {}).get("form")
+    tuned = cfg.get("finetune") or {}
+    finetuned = (
+        f"Fine-tuned after pruning: {tuned.get('epochs')} epoch(s) on {tuned.get('dataset')} "
+        f"[{tuned.get('split')}], {tuned.get('num_samples')} images, {tuned.get('optimizer')} "
+        f"lr {tuned.get('learning_rate')} ({tuned.get('trainer')}).\n\n"
+        if tuned
+        else ""
+    )
     return (
         "---\ntags:\n- hf-px\n- structured-pruning\n- image-classification\n---\n\n"
-        f"# Structured-pruned {cfg['model_type']} ({cfg['method']}, "
+        f"# Structured-pruned {cfg['model_type']} ({cfg['method']}"
+        f"{f' ({form} form)' if form else ''}, "
         f"{cfg['remove']:.0%} of {cfg['target']} removed)\n\n"
         f"Units removed: {', '.join(cfg['structure'])}, {cfg['rounds']} rounds"
         f"{', uniform widths' if cfg['uniform'] else ''}. {load}\n\n"
         "| | before | after |\n| --- | --- | --- |\n"
         f"{table}\n\n"
+        f"{finetuned}"
         "Latency: " + (lat.get("note") or "not measured") + ".\n"
         "Which units were kept: `structured_units.json`.\n"
     )

@@ -62,3 +62,9 @@ class HfPxStructuredQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        # Trainer refuses a "purely quantized" model unless this holds; these weights are
+        # ordinary float tensors of smaller shapes, so plain training is all there is
+        return True

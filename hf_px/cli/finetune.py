@@ -36,11 +36,15 @@ def run_finetune(args: argparse.Namespace) -> int:
 def _print_summary(s: dict[str, Any]) -> None:
     pct = output.pct
     losses = s["epoch_losses"]
+    kept = (
+        f"sparsity {pct(s['sparsity'])}, every pruned weight still 0"
+        if s.get("removed") is None
+        else f"structured, {pct(s['removed']['macs'])} of the MACs removed"
+    )
     output.say(
         f"fine-tuned {s['model']} for {s['epochs']} epoch(s) ({s['steps']} steps, "
         f"{s['num_processes']} process(es), {s['train_s']:.1f} s): training loss "
-        f"{losses[0]:.3f} -> {losses[-1]:.3f}; sparsity {pct(s['sparsity'])}, every pruned "
-        "weight still 0"
+        f"{losses[0]:.3f} -> {losses[-1]:.3f}; {kept}"
     )
     ev = s.get("evaluation")
     if ev:
@@ -103,20 +107,28 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     import torch
 
     from ..checkpoint import load_pruning
+    from ..checkpoint.structured import UNITS_NAME
     from ..config import CONFIG_NAME
     from ..errors import HfPxError
     from ..training import trainer_finetune
 
     t0 = time.perf_counter()
     src = Path(args.model).expanduser()
-    if not (src / CONFIG_NAME).is_file():
+    structured = (src / UNITS_NAME).is_file()
+    common.error_if(
+        structured and args.format != "dense",
+        f"{args.model} is a structured checkpoint: its removed units are gone, so it is "
+        "written in its own (smaller, dense) layout; drop --format",
+    )
+    if not structured and not (src / CONFIG_NAME).is_file():
         raise HfPxError(
-            f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune`"
+            f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune` "
+            "or `hf-px prune-structured`"
         )
     out_dir = _check_args(args, src)
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
-    saved = load_pruning(src, model=model)
+    saved = None if structured else load_pruning(src, model=model)
     data_proc = common.data_processor(model, processor)
     split = args.split or "train"
     train = _dataset(args.dataset, split, args, model, data_proc, args.num_samples)
@@ -128,7 +140,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     with torch.enable_grad():
         stats = trainer_finetune(
             model,
-            saved,
+            saved if saved is not None else {},
             train,
             eval_dataset=evaluation_set,
             epochs=args.epochs,
@@ -150,14 +162,18 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             "nothing was written — report this with the command line"
         )
     recipe = _recipe(args, split, len(train), stats)
+    evaluation = None
+    if evaluation_set is not None:
+        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
+    if structured:
+        if not trainer.is_world_process_zero():
+            return None
+        return _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0)
     # saved where earlier versions put it, so their readers and files agree
     config = dataclasses.replace(
         saved.config, calibration={**saved.config.calibration, "finetune": recipe.to_dict()}
     )
     result = dataclasses.replace(saved, config=config)
-    evaluation = None
-    if evaluation_set is not None:
-        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
     if not trainer.is_world_process_zero():
         return None
     out_dir, url = common.save_and_push(
@@ -172,6 +188,31 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         evaluation=evaluation,
     )
     return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+
+
+def _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0):
+    """A structured checkpoint written again in its own layout, the recipe in its
+    ``structured_units.json`` config and card; pushed with ``--push-to-hub``."""
+    from ..checkpoint.structured import load_result, load_units, save_structured
+    from ..hub import push_to_hub
+
+    result = load_result(src, model)
+    result.config["finetune"] = recipe.to_dict()
+    latency = load_units(src).get("latency")
+    with output.phase(f"saving to {out_dir}", {}, "save_s"):
+        out_dir = save_structured(
+            model, out_dir, result, image_processor=processor, overwrite=args.overwrite,
+            latency=latency,
+        )  # fmt: skip
+    output.completed(output_dir=str(out_dir), size_on_disk_bytes=size_on_disk(out_dir))
+    url = None
+    if args.push_to_hub:
+        with output.phase(f"uploading to {args.push_to_hub}", {}, "push_s"):
+            url = push_to_hub(out_dir, args.push_to_hub, private=args.private)
+    summary = _summary(args, out_dir, None, stats, evaluation, recipe, url, t0)
+    summary["removed"] = result.removed
+    summary["format"] = f"structured, {load_units(out_dir)['layout']}"
+    return summary
 
 
 def _check_args(args: argparse.Namespace, src: Path) -> Path:
@@ -203,7 +244,7 @@ def _summary(args, out_dir, result, stats, evaluation, recipe, url, t0) -> dict[
         "final_loss": stats["final_loss"],
         "num_processes": stats["num_processes"],
         "train_s": round(stats["train_s"], 3),
-        "sparsity": result.sparsity,
+        "sparsity": result.sparsity if result is not None else None,
         "pruned_weights_nonzero": stats["pruned_weights_nonzero"],
         "evaluation": _evaluation_json(evaluation) if evaluation is not None else None,
         "recipe": recipe.to_dict(),
