@@ -104,27 +104,10 @@ def _dataset(ref: str | None, split: str, args: argparse.Namespace, model: Any,
 
 
 def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
-    import torch
-
     from ..checkpoint import load_pruning
-    from ..checkpoint.structured import UNITS_NAME
-    from ..config import CONFIG_NAME
-    from ..errors import HfPxError
-    from ..training import trainer_finetune
 
     t0 = time.perf_counter()
-    src = Path(args.model).expanduser()
-    structured = (src / UNITS_NAME).is_file()
-    common.error_if(
-        structured and args.format != "dense",
-        f"{args.model} is a structured checkpoint: its removed units are gone, so it is "
-        "written in its own (smaller, dense) layout; drop --format",
-    )
-    if not structured and not (src / CONFIG_NAME).is_file():
-        raise HfPxError(
-            f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune` "
-            "or `hf-px prune-structured`"
-        )
+    src, structured = _source_kind(args)
     out_dir = _check_args(args, src)
     with output.phase(f"loading {model_name(args.model)}", {}, "load_s"):
         model, processor = load(args.model, args)
@@ -137,6 +120,65 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     if eval_ref is not None:
         eval_split = args.eval_split or "train"
         evaluation_set = _dataset(eval_ref, eval_split, args, model, data_proc, None)
+    stats = _train(args, model, saved, train, evaluation_set)
+    trainer = stats.pop("trainer")
+    recipe = _recipe(args, split, len(train), stats)
+    evaluation = None
+    if evaluation_set is not None:
+        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
+    if not trainer.is_world_process_zero():
+        return None
+    if structured:
+        return _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0)
+    # saved where earlier versions put it, so their readers and files agree
+    config = dataclasses.replace(
+        saved.config, calibration={**saved.config.calibration, "finetune": recipe.to_dict()}
+    )
+    result = dataclasses.replace(saved, config=config)
+    out_dir, url = common.save_and_push(
+        args,
+        model,
+        out_dir,
+        result,
+        processor,
+        {},
+        source=_source(src, args.model),
+        calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
+        evaluation=evaluation,
+    )
+    return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+
+
+def _source_kind(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(the checkpoint directory, whether `hf-px prune-structured` wrote it), or the
+    one-line refusal of a directory neither command wrote."""
+    from ..checkpoint.structured import UNITS_NAME
+    from ..config import CONFIG_NAME
+    from ..errors import HfPxError
+
+    src = Path(args.model).expanduser()
+    structured = (src / UNITS_NAME).is_file()
+    common.error_if(
+        structured and args.format != "dense",
+        f"{args.model} is a structured checkpoint: its removed units are gone, so it is "
+        "written in its own (smaller, dense) layout; drop --format",
+    )
+    if not structured and not (src / CONFIG_NAME).is_file():
+        raise HfPxError(
+            f"{args.model} has no {CONFIG_NAME}; finetune a directory written by `hf-px prune` "
+            "or `hf-px prune-structured`"
+        )
+    return src, structured
+
+
+def _train(args, model, saved, train, evaluation_set) -> dict[str, Any]:
+    """Trainer with the saved masks held (none for a structured checkpoint); refuses to
+    go on if a pruned weight moved."""
+    import torch
+
+    from ..errors import HfPxFailure
+    from ..training import trainer_finetune
+
     with torch.enable_grad():
         stats = trainer_finetune(
             model,
@@ -153,41 +195,12 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             seed=args.seed,
             quiet=args.quiet,
         )
-    trainer = stats.pop("trainer")
     if stats["pruned_weights_nonzero"]:
-        from ..errors import HfPxFailure
-
         raise HfPxFailure(
             f"{stats['pruned_weights_nonzero']} pruned weights became non-zero during training; "
             "nothing was written — report this with the command line"
         )
-    recipe = _recipe(args, split, len(train), stats)
-    evaluation = None
-    if evaluation_set is not None:
-        evaluation = _evaluation(eval_ref, args.eval_split or "train", stats, src)
-    if structured:
-        if not trainer.is_world_process_zero():
-            return None
-        return _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0)
-    # saved where earlier versions put it, so their readers and files agree
-    config = dataclasses.replace(
-        saved.config, calibration={**saved.config.calibration, "finetune": recipe.to_dict()}
-    )
-    result = dataclasses.replace(saved, config=config)
-    if not trainer.is_world_process_zero():
-        return None
-    out_dir, url = common.save_and_push(
-        args,
-        model,
-        out_dir,
-        result,
-        processor,
-        {},
-        source=_source(src, args.model),
-        calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
-        evaluation=evaluation,
-    )
-    return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+    return stats
 
 
 def _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0):
