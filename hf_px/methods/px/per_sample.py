@@ -21,7 +21,8 @@ path view but not the decoupling:
 
 Both are exact per-sample sums, obtained from one backward per pass: for a
 Linear/Conv2d weight the per-sample gradient is Σ_t b_{n,t} a_{n,t}ᵀ of the
-layer's output gradient b and input a (im2col for convolutions), summed over
+layer's output gradient b and input a (im2col for convolutions; t runs over all
+windows of the image for a layer run on windows, as Swin's attention), summed over
 the layer's calls before it is squared. Sums are float64 and all-reduced, so
 sharded data gives the single-process scores; the model runs in eval mode
 (every sample independent: BatchNorm on its running statistics).
