@@ -555,3 +555,5 @@ def test_cli_finetune_trains_a_structured_checkpoint_and_keeps_its_layout(tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
     loaded = t.AutoModelForImageClassification.from_pretrained(out)
     assert sum(p.numel() for p in loaded.parameters()) == before["params"]["after"]
+    with pytest.raises(HfPxError, match="structured checkpoint"):
+        hf_px.load_pruning(out)  # no masks: the one-line answer names what it is

@@ -14,6 +14,9 @@ MASKS_METADATA = "hf_px_masks"
 HINT = "pip install hf-px, then import hf_px before from_pretrained"
 # Stored as a 1-byte tensor: its name shows up in plain transformers' load report.
 MARKER_KEY = f"hf_px_bitmask_checkpoint: {HINT}"
+# The record of a structured checkpoint (checkpoint.structured), named here so that the
+# mask reader can say what a structured directory is without importing its writer.
+UNITS_NAME = "structured_units.json"
 
 
 def quantization_config_dict() -> dict[str, Any]:

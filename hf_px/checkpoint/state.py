@@ -38,7 +38,7 @@ from ..errors import HfPxError
 from ..refs import local_files
 from ..utils import SAFE_WEIGHTS_NAME, read_checkpoint_json, weight_files
 from . import bitmask
-from .constants import INDEX_SUFFIX, MASKS_METADATA
+from .constants import INDEX_SUFFIX, MASKS_METADATA, UNITS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +157,17 @@ def load_pruning(
     0 then counts as pruned.
     """
     root = local_files(
-        model_dir_or_id, [CONFIG_NAME, REPORT_NAME, MASKS_NAME], revision=revision, token=token
+        model_dir_or_id,
+        [CONFIG_NAME, REPORT_NAME, MASKS_NAME, UNITS_NAME],
+        revision=revision,
+        token=token,
     )
+    if not (root / CONFIG_NAME).is_file() and (root / UNITS_NAME).is_file():
+        raise HfPxError(
+            f"{model_dir_or_id} is a structured checkpoint (`hf-px prune-structured`): its "
+            f"removed units are gone, not masked; {UNITS_NAME} lists the kept ones "
+            "(hf_px.checkpoint.structured.load_units, or load_result with the loaded model)"
+        )
     if not (root / CONFIG_NAME).is_file():
         raise HfPxError(
             f"{model_dir_or_id} has no {CONFIG_NAME}; pass a checkpoint written by hf_px.save_pruned"

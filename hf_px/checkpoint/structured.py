@@ -37,9 +37,9 @@ from torch import nn
 from ..errors import HfPxError
 from ..structured import StructuredResult, shrink
 from ..structured.units import UnitGroup, find_units
+from .constants import UNITS_NAME
 from .save import _commit, _input_dirs, _new_parents, _staging, check_output_dir
 
-UNITS_NAME = "structured_units.json"
 QUANT_METHOD = "hf_px_structured"
 FORMAT_VERSION = 1
 HINT = "pip install hf-px, then import hf_px before from_pretrained"
