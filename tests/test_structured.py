@@ -319,19 +319,12 @@ def test_px_unit_fisher_is_the_per_sample_gate_derivative_squared(kind):
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
     got = score_units("px", model, data, groups, kept, options={"form": "fisher"})
     want = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
-    x = data[0]["pixel_values"]
-    for n in range(len(x)):
-        out = model(pixel_values=x[n : n + 1]).logits
-        p = out.softmax(-1)[0].detach()
-        for c in range(out.shape[-1]):
-            loss = nn.functional.cross_entropy(out, torch.tensor([c]))
-            for g in groups:  # one mask on every reader of u (a stream has several)
-                ws = [model.get_submodule(name).weight for name in g.consumers]
-                grads = torch.autograd.grad(loss, ws, retain_graph=True)
-                d = sum(
-                    per_unit_columns(gr * w.detach(), g) for gr, w in zip(grads, ws, strict=True)
-                )
-                want[g.name] += p[c] * d.pow(2)
+    for loss, pc in _sample_class_losses(model, data[0]["pixel_values"]):
+        for g in groups:  # one mask on every reader of u (a stream has several)
+            ws = [model.get_submodule(name).weight for name in g.consumers]
+            grads = torch.autograd.grad(loss, ws, retain_graph=True)
+            d = sum(per_unit_columns(gr * w.detach(), g) for gr, w in zip(grads, ws, strict=True))
+            want[g.name] += pc * d.pow(2)
     for name in want:
         assert want[name].sum() > 0  # (a unit whose ReLU never fires is exactly 0)
         torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=0.0)
@@ -557,3 +550,92 @@ def test_cli_finetune_trains_a_structured_checkpoint_and_keeps_its_layout(tmp_pa
     assert sum(p.numel() for p in loaded.parameters()) == before["params"]["after"]
     with pytest.raises(HfPxError, match="structured checkpoint"):
         hf_px.load_pruning(out)  # no masks: the one-line answer names what it is
+
+
+def _sample_class_losses(model: nn.Module, x: torch.Tensor):
+    """(ℓ(x_n, c), p_nc) one image and class at a time: the brute force of the fisher forms."""
+    for n in range(len(x)):
+        out = model(pixel_values=x[n : n + 1]).logits
+        p = out.softmax(-1)[0].detach()
+        for c in range(out.shape[-1]):
+            yield nn.functional.cross_entropy(out, torch.tensor([c])), p[c]
+
+
+def _deep(kind: str) -> nn.Module:
+    """Models with more than one removable block per list."""
+    torch.manual_seed(0)
+    vit = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3,
+               num_attention_heads=4, intermediate_size=64, num_labels=3)  # fmt: skip
+    if kind == "vit":
+        return t.ViTForImageClassification(t.ViTConfig(**vit)).eval()
+    if kind == "deit":
+        return t.DeiTForImageClassification(t.DeiTConfig(**vit)).eval()
+    if kind == "resnet":
+        cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[2, 3], num_labels=3)
+        return t.ResNetForImageClassification(cfg).eval()
+    cfg = t.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[2, 3], num_labels=3)
+    return t.ConvNextForImageClassification(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit", "resnet", "convnext"])
+@pytest.mark.parametrize("method", ["px", "taylor"])
+def test_removing_blocks_gives_a_shallower_plain_checkpoint(tmp_path, kind, method):
+    """Whole blocks: the masked network (branch ends at 0) computes what the network with
+    the blocks deleted computes; the config's depth says so, so the checkpoint is plain
+    transformers (no quantization_config) and loads to the same logits."""
+    model = _deep(kind)
+    data = batches()
+    remove = 0.1 if kind == "resnet" else 0.25
+    res = prune_structured(model, data, remove, structure="blocks", method=method, rounds=2)
+    assert res.removed["macs"] >= remove and sum(res.counts().values()) < sum(
+        g.size for g in res.groups
+    )
+    want = logits(model, data[0]["pixel_values"])
+    out = save_structured(model, tmp_path / "b", res)
+    torch.testing.assert_close(logits(model, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in model.parameters()) == res.params[1]
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and load_units(out)["layout"] == "plain"
+    dense = _deep(kind).config.to_dict()
+
+    def depth(cfg):
+        return sum(cfg["depths"]) if "depths" in cfg else cfg["num_hidden_layers"]
+
+    assert depth(config) < depth(dense)
+    loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+
+
+def test_block_fisher_is_the_per_sample_branch_gate_derivative_squared():
+    """form="fisher" for blocks: Σ_n Σ_c p_nc (∂ℓ/∂c_b)² with c_b scaling the block's
+    branch ends; checked through the exit layers' own parameters (⟨∂ℓ/∂out, out⟩ of a
+    Linear = Σ θ ∂ℓ/∂θ over its weight and bias), one sample and class at a time."""
+    model = _deep("vit").double()
+    data = [{"pixel_values": b["pixel_values"].double()} for b in batches(1)]
+    (group,) = find_units(model, ["blocks"])
+    kept = {group.name: torch.ones(group.size, dtype=torch.bool)}
+    got = score_units("px", model, data, [group], kept, options={"form": "fisher"})[group.name]
+    want = torch.zeros(group.size, dtype=torch.float64)
+    for loss, pc in _sample_class_losses(model, data[0]["pixel_values"]):
+        for u, block in enumerate(group.producers):
+            ps = [
+                q
+                for e in ("attention.o_proj", "mlp.fc2")
+                for q in model.get_submodule(f"{block}.{e}").parameters()
+            ]
+            grads = torch.autograd.grad(loss, ps, retain_graph=True)
+            d = sum((g * q.detach()).sum() for g, q in zip(grads, ps, strict=True))
+            want[u] += pc * d**2
+    assert (want > 0).all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0.0)
+
+
+def test_blocks_are_pruned_on_their_own():
+    model = _deep("vit")
+    with pytest.raises(HfPxError, match="on its own"):
+        prune_structured(model, batches(), 0.3, structure=["blocks", "heads"])
+    assert "blocks" not in {g.kind for g in find_units(model)}  # auto leaves blocks out
+    cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])
+    shallow = t.ResNetForImageClassification(cfg)  # every block projects: none can go
+    with pytest.raises(HfPxError, match="no removable units of kind blocks"):
+        prune_structured(shallow, batches(), 0.1, structure="blocks")

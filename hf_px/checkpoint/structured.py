@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import HfPxError
 from ..structured import StructuredResult, shrink
-from ..structured.units import UnitGroup, find_units
+from ..structured.units import UnitGroup, find_units, fixed_blocks
 from .constants import UNITS_NAME
 from .save import _commit, _input_dirs, _new_parents, _staging, check_output_dir
 
@@ -51,6 +51,8 @@ def config_widths(model: nn.Module, result: StructuredResult) -> dict[str, int] 
     counts = result.counts()
     fields: dict[str, set[int]] = {}
     for g in result.groups:
+        if g.kind == "blocks":  # the depth: `shrink` wrote it into the config already
+            continue
         if not g.uniform_key:
             return None
         fields.setdefault(g.uniform_key, set()).add(counts[g.name])
@@ -63,6 +65,10 @@ def is_shrunk(model: nn.Module, result: StructuredResult) -> bool:
     counts = result.counts()
     shapes = []
     for g in result.groups:
+        if g.kind == "blocks":  # the removable blocks in the list: dense size, or the kept count
+            blocks = model.get_submodule(g.name)
+            shapes.append((len(blocks) - fixed_blocks(blocks), g.size, counts[g.name]))
+            continue
         w = model.get_submodule(g.consumers[0]).weight
         shapes.append((w.shape[1], g.size * g.width, counts[g.name] * g.width))
     if all(have == kept for have, _, kept in shapes):

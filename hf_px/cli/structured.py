@@ -20,7 +20,7 @@ from ..refs import public_name
 from . import common, output, parsing
 from .resolve import is_shipped, load, model_name
 
-STRUCTURES = ("auto", "channels", "stream", "neurons", "heads")
+STRUCTURES = ("auto", "channels", "stream", "neurons", "heads", "blocks")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,8 +204,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--structure",
         choices=STRUCTURES,
         default="auto",
-        help="unit kind; auto = every kind the family has (ResNet: channels and the "
-        "residual streams; ConvNeXt: channels; ViT/DeiT/Swin: neurons and heads)",
+        help="unit kind; auto = every width kind the family has (ResNet: channels and the "
+        "residual streams; ConvNeXt: channels; ViT/DeiT/Swin: neurons and heads); blocks = "
+        "whole residual blocks (ViT/DeiT layers, ResNet/ConvNeXt blocks), pruned on its own "
+        "and always a plain checkpoint (the config's depth)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")
     p.add_argument(

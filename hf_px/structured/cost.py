@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import HfPxError
 from .units import UnitGroup
 
 
@@ -89,7 +90,7 @@ class CostModel:
         self.sizes = {g.name: g.size for g in groups}
         out_of: dict[str, str] = {}
         in_of: dict[str, str] = {}
-        for g in groups:
+        for g in (g for g in groups if g.kind != "blocks"):
             for n in (*g.producers, *g.norms):
                 out_of[n] = g.name
             for n in g.consumers:
@@ -97,14 +98,32 @@ class CostModel:
             if g.kind == "heads":
                 out_of[g.name] = g.name  # its matmuls scale with the head count
                 out_of[f"{g.name}.relative_position_bias"] = g.name  # Swin: a bias column each
-        self.macs_terms = self._terms(layer_macs(model, image_size), out_of, in_of)
+        macs = layer_macs(model, image_size)
         params = {name: p.numel() for name, p in model.named_parameters()}
+        # a removable block costs everything inside it: one term per block list
+        block_terms = {"macs": [], "params": []}
+        for g in groups:
+            if g.kind != "blocks":
+                continue
+            for key, costs in (("macs", macs), ("params", params)):
+                per_block = []
+                for b in g.producers:
+                    inside = [n for n in costs if n.startswith(b + ".")]
+                    per_block.append(sum(costs.pop(n) for n in inside))
+                if len(set(per_block)) != 1:
+                    raise HfPxError(
+                        f"the blocks of {g.name} differ in cost ({sorted(set(per_block))}); "
+                        "hf-px removes blocks only where they are alike"
+                    )
+                block_terms[key].append(Term(per_block[0], (g.name,)))
+        self.macs_terms = self._terms(macs, out_of, in_of) + block_terms["macs"]
         # a bias / norm parameter scales with its module's outputs only, a weight with both
         self.params_terms = []
         for name in sorted(params):
             module, _, attr = name.rpartition(".")
             in_group = in_of.get(module) if attr == "weight" else None
             self.params_terms.append(self._term(params[name], out_of.get(module), in_group))
+        self.params_terms += block_terms["params"]
 
     def _term(self, total: int, out_group: str | None, in_group: str | None) -> Term:
         groups = tuple(g for g in (out_group, in_group) if g is not None)

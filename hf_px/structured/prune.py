@@ -119,6 +119,12 @@ def prune_structured(
         image_size = int(data[0]["pixel_values"].shape[-1])
     kinds = resolve_kinds(model, structure)
     groups = find_units(model, kinds)
+    if not groups:
+        raise HfPxError(
+            f"this {model_type(model)} model has no removable units of kind {'+'.join(kinds)} "
+            "(blocks: a list of alike blocks with more than the one that must stay); "
+            "choose another --structure"
+        )
     rounds = rounds if rounds is not None else m.default_rounds
     cost = CostModel(model, groups, image_size)
     total = cost.cost(target)
@@ -220,11 +226,16 @@ def _remove_global(cost, target, groups, kept, scores, goal, round_to: int = 1) 
 
 def _step(group: UnitGroup, round_to: int) -> int:
     """Units per `round_to` channels of `group` (a 64-channel head is a multiple of 8)."""
+    if group.kind == "blocks":
+        return 1
     return round_to // math.gcd(round_to, group.width)
 
 
 def _least(group: UnitGroup, round_to: int) -> int:
-    """The fewest units a group keeps: one, or one step of `round_to` channels."""
+    """The fewest units a group keeps: one (none for a ResNet stage's removable blocks,
+    whose projecting block stays), or one step of `round_to` channels."""
+    if group.kind == "blocks":
+        return group.min_keep
     return max(MIN_KEEP, min(group.size, _step(group, round_to)))
 
 
@@ -240,7 +251,7 @@ def _remove_uniform(cost, target, groups, kept, scores, goal, round_to: int = 1)
         return {
             g.name: min(
                 current[g.name],
-                _rounded(max(MIN_KEEP, g.size - (step * g.size) // _STEPS), g, round_to),
+                _rounded(max(g.min_keep, g.size - (step * g.size) // _STEPS), g, round_to),
             )
             for g in groups
         }

@@ -34,7 +34,7 @@ from ..methods.base import call, cross_entropy, hooks, model_mode
 from ..methods.px.options import PxOptions, form_choice
 from ..methods.px.per_sample import per_sample_rows
 from ..pruning import compute_scores
-from .units import UnitGroup
+from .units import UnitGroup, block_exits, block_weights
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,14 @@ def weight_masks(
         return out[key]
 
     for g in groups:
+        if g.kind == "blocks":  # a removed block: the weights feeding its branch ends
+            for block in _removed_blocks(g, kept):
+                module = model.get_submodule(block)
+                for w in block_weights(module):
+                    out[f"{block}.{w}"] = torch.zeros(
+                        module.get_parameter(w).shape, dtype=torch.bool
+                    ).to(module.get_parameter(w).device)
+            continue
         channels = kept[g.name].repeat_interleave(g.width)
         for name in g.producers:
             m = mask_of(name)
@@ -130,11 +138,22 @@ def apply_masks(model: nn.Module, groups: list[UnitGroup], kept: dict[str, torch
         p = model.get_parameter(name)
         p.masked_fill_(~mask, 0.0)
     for g in groups:
+        if g.kind == "blocks":  # branch ends at 0: the block passes its input on unchanged
+            for block in _removed_blocks(g, kept):
+                module = model.get_submodule(block)
+                for e in block_exits(module):
+                    for p in module.get_submodule(e).parameters(recurse=False):
+                        p.zero_()
+            continue
         gone = ~kept[g.name].repeat_interleave(g.width)
         for name in g.producers:
             bias = model.get_submodule(name).bias
             if bias is not None:
                 bias.masked_fill_(gone.to(bias.device), 0.0)
+
+
+def _removed_blocks(group: UnitGroup, kept: dict[str, torch.Tensor]) -> list[str]:
+    return [b for b, k in zip(group.producers, kept[group.name].tolist(), strict=True) if not k]
 
 
 def score_units(
@@ -150,7 +169,12 @@ def score_units(
 ) -> dict[str, torch.Tensor]:
     """{group name: float64 score per unit}; removed units score 0."""
     opts = dict(options or {})
-    if method == "px" and opts.get("form") == "fisher":
+    blocks = [g for g in groups if g.kind == "blocks"]
+    if blocks and method != "random":
+        if len(blocks) != len(groups):
+            raise HfPxError("blocks are scored on their own, not with width units")
+        out = _block_scores(method, model, batches, groups, kept, opts)
+    elif method == "px" and opts.get("form") == "fisher":
         classes = PxOptions.from_dict(opts).fisher_classes
         out = _unit_fisher(model, batches, groups, classes)
     elif method == "px":
@@ -232,27 +256,117 @@ def _unit_fisher(model, batches, groups, n_classes: int) -> dict[str, torch.Tens
         m = model.get_submodule(name)
         handles.append(m.register_forward_pre_hook(pre_hook_for(name, isinstance(m, nn.Conv2d))))
     acc = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for _, logits in _gated_forwards(model, batches, handles, gates, samples):
+        names = list(gates)
+        for loss, w, retain in _top_class_losses(logits, n_classes):
+            grads = torch.autograd.grad(loss, [gates[n] for n in names], retain_graph=retain)
+            # one mask c_u on every consumer of u: its derivative sums over them
+            per_group: dict[str, torch.Tensor] = {}
+            for n, gr in zip(names, grads, strict=True):
+                g = consumer_of[n]
+                per = gr.detach().double().reshape(gr.shape[0], g.size, g.width).sum(-1)
+                per_group[g.name] = per_group.get(g.name, 0) + per
+            for name, per in per_group.items():
+                acc[name] += (w[:, None] * per.square()).sum(0).cpu()
+    return acc
+
+
+def _block_scores(method, model, batches, groups, kept, opts) -> dict[str, torch.Tensor]:
+    """Per removable block: px (bound: Σ S over the weights feeding its branch ends;
+    fisher: as for units, the mask on the branch ends' outputs), taylor (the same mask,
+    the labelled loss), l1 (Σ|θ| over those weights)."""
+    if method == "l1":
+        return {
+            g.name: torch.tensor(
+                [
+                    sum(
+                        float(model.get_submodule(b).get_parameter(w).detach().double().abs().sum())
+                        for w in block_weights(model.get_submodule(b))
+                    )
+                    for b in g.producers
+                ],
+                dtype=torch.float64,
+            )
+            for g in groups
+        }
+    if method == "px" and opts.get("form") != "fisher":
+        masks = weight_masks(model, groups, kept)
+        scores = compute_scores(model, batches, "px", masks=masks, **{**opts, "form": "bound"})
+        return {
+            g.name: torch.tensor(
+                [
+                    sum(
+                        float(scores[f"{b}.{w}"].double().sum())
+                        for w in block_weights(model.get_submodule(b))
+                    )
+                    for b in g.producers
+                ],
+                dtype=torch.float64,
+            )
+            for g in groups
+        }
+    classes = PxOptions.from_dict(opts).fisher_classes if method == "px" else 0
+    return _block_gates(model, batches, groups, classes)
+
+
+def _block_gates(model, batches, groups, n_classes: int) -> dict[str, torch.Tensor]:
+    """A gate of ones per image and block on its branch ends' outputs. n_classes > 0: PX's
+    fisher form, Σ_n Σ_c p_nc (∂ℓ(x_n, c)/∂c_b)²; 0: Taylor, (Σ_n ∂L/∂c_b)² per batch."""
+    gates: dict[tuple[str, int], torch.Tensor] = {}
+    samples = [0]
+
+    def hook_for(key):
+        def hook(module, args, output):
+            n = samples[0]
+            gate = gates.get(key)
+            if gate is None:
+                gate = torch.ones(n, dtype=output.dtype, device=output.device, requires_grad=True)
+                gates[key] = gate
+            return output * gate.view(n, *([1] * (output.dim() - 1)))
+
+        return hook
+
+    handles = []
+    for g in groups:
+        for u, b in enumerate(g.producers):
+            block = model.get_submodule(b)
+            for e in block_exits(block):
+                hook = hook_for((g.name, u))
+                handles.append(block.get_submodule(e).register_forward_hook(hook))
+    acc = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
+    for batch, logits in _gated_forwards(model, batches, handles, gates, samples):
+        keys = list(gates)
+        if n_classes == 0:
+            loss = cross_entropy(logits, batch["labels"])
+            grads = torch.autograd.grad(loss, [gates[k] for k in keys])
+            for (name, u), gr in zip(keys, grads, strict=True):
+                acc[name][u] += float(gr.double().sum()) ** 2
+            continue
+        for loss, w, retain in _top_class_losses(logits, n_classes):
+            grads = torch.autograd.grad(loss, [gates[k] for k in keys], retain_graph=retain)
+            for (name, u), gr in zip(keys, grads, strict=True):
+                acc[name][u] += float((w * gr.detach().double().square()).sum())
+    return acc
+
+
+def _gated_forwards(model, batches, handles, gates, samples):
+    """(batch, float logits) per batch, eval mode, the gate hooks on and `gates` holding
+    this forward's gates (`samples[0]`: its image count)."""
     with model_mode(model), hooks(handles), torch.enable_grad():
         for batch in batches:
             gates.clear()
             samples[0] = int(batch["pixel_values"].shape[0])
             logits = model(pixel_values=batch["pixel_values"]).logits
-            logits = logits if logits.dtype == torch.float64 else logits.float()
-            p = torch.softmax(logits.detach(), dim=-1)
-            k = min(logits.shape[-1], n_classes)
-            order = torch.argsort(p, dim=-1, descending=True)[:, :k]
-            names = list(gates)
-            for r in range(k):
-                cls = order[:, r]
-                w = p.gather(1, cls[:, None])[:, 0].double()
-                loss = nn.functional.cross_entropy(logits, cls, reduction="sum")
-                grads = torch.autograd.grad(loss, [gates[n] for n in names], retain_graph=r < k - 1)
-                # one mask c_u on every consumer of u: its derivative sums over them
-                per_group: dict[str, torch.Tensor] = {}
-                for n, gr in zip(names, grads, strict=True):
-                    g = consumer_of[n]
-                    per = gr.detach().double().reshape(gr.shape[0], g.size, g.width).sum(-1)
-                    per_group[g.name] = per_group.get(g.name, 0) + per
-                for name, per in per_group.items():
-                    acc[name] += (w[:, None] * per.square()).sum(0).cpu()
-    return acc
+            yield batch, (logits if logits.dtype == torch.float64 else logits.float())
+
+
+def _top_class_losses(logits: torch.Tensor, n_classes: int):
+    """Per pass r: (Σ_n ℓ(x_n, c_nr), p_{n c_nr}, keep the graph) for each image's r-th most
+    probable class c_nr, `n_classes` passes at most (PX's fisher form)."""
+    p = torch.softmax(logits.detach(), dim=-1)
+    k = min(logits.shape[-1], n_classes)
+    order = torch.argsort(p, dim=-1, descending=True)[:, :k]
+    for r in range(k):
+        cls = order[:, r]
+        w = p.gather(1, cls[:, None])[:, 0].double()
+        yield nn.functional.cross_entropy(logits, cls, reduction="sum"), w, r < k - 1

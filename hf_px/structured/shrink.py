@@ -109,4 +109,30 @@ def shrink(model: nn.Module, groups: list[UnitGroup], kept: dict[str, torch.Tens
         units = torch.nonzero(mask).reshape(-1)
         if units.numel() == g.size:
             continue
+        if g.kind == "blocks":
+            drop_blocks(model, g, mask)
+            continue
         resize_group(model, g, units.numel(), units)
+
+
+def drop_blocks(model: nn.Module, group: UnitGroup, kept: torch.Tensor) -> None:
+    """Delete the removed blocks from their list (the rest renumbered, as a model built
+    with fewer layers numbers them) and write the new depth into the model's config:
+    ``num_hidden_layers`` (ViT/DeiT) or the stage's entry of ``depths`` (ResNet/ConvNeXt)."""
+    gone = {b for b, k in zip(group.producers, kept.tolist(), strict=True) if not k}
+    parent_name, _, attr = group.name.rpartition(".")
+    container = model.get_submodule(group.name)
+    blocks = [m for i, m in enumerate(container) if f"{group.name}.{i}" not in gone]
+    setattr(
+        model.get_submodule(parent_name),
+        attr,
+        type(container)(*[blocks] if isinstance(container, nn.ModuleList) else blocks),
+    )
+    config = model.config
+    parts = group.name.split(".")
+    if "stages" in parts:  # …stages.<i>.layers
+        depths = list(config.depths)
+        depths[int(parts[parts.index("stages") + 1])] = len(blocks)
+        config.depths = depths
+    else:
+        config.num_hidden_layers = len(blocks)

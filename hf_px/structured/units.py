@@ -36,13 +36,23 @@ from torch import nn
 
 from ..errors import HfPxError
 
-KINDS = ("channels", "stream", "neurons", "heads")
+KINDS = ("channels", "stream", "neurons", "heads", "blocks")
 FAMILY_KINDS: dict[str, tuple[str, ...]] = {
-    "resnet": ("channels", "stream"),
-    "convnext": ("channels",),
-    "vit": ("neurons", "heads"),
-    "deit": ("neurons", "heads"),
+    "resnet": ("channels", "stream", "blocks"),
+    "convnext": ("channels", "blocks"),
+    "vit": ("neurons", "heads", "blocks"),
+    "deit": ("neurons", "heads", "blocks"),
     "swin": ("neurons", "heads"),
+}
+#: kinds ``auto`` leaves out: a whole block costs what its widths make it, so blocks are
+#: pruned on their own (the cost model multiplies at most two unit counts per layer)
+SEPARATE_KINDS = ("blocks",)
+#: per block class, the modules that end its residual branches: a gate on their outputs
+#: scales the branches, and zeroing their weight and bias makes the block the identity
+_BLOCK_EXITS = {
+    "ViTLayer": ("attention.o_proj", "mlp.fc2"),
+    "DeiTLayer": ("attention.o_proj", "mlp.fc2"),
+    "ConvNextLayer": ("pwconv2",),
 }
 #: families whose config names one MLP width and one head count for every layer
 _UNIFORM_CONFIG = ("vit", "deit")
@@ -50,6 +60,10 @@ _UNIFORM_CONFIG = ("vit", "deit")
 
 @dataclass(frozen=True)
 class UnitGroup:
+    """Kind ``blocks``: `name` is the block list (a ModuleList/Sequential), `producers`
+    the removable blocks' module names (one per unit); `consumers` and `norms` are empty
+    (:func:`block_exits` names what ends each block's residual branch)."""
+
     name: str  # the block's module name + a role, unique in the model
     kind: str
     size: int  # units in the dense model
@@ -58,6 +72,7 @@ class UnitGroup:
     consumers: tuple[str, ...]  # modules whose input channels are the units
     norms: tuple[str, ...] = ()  # BatchNorms on the units' channels
     uniform_key: str = ""  # groups with one key share one width in the model's config
+    min_keep: int = 1  # units a group keeps at least
 
 
 def model_type(model: nn.Module) -> str:
@@ -79,21 +94,28 @@ def resolve_kinds(model: nn.Module, structure: str | list[str] | tuple[str, ...]
     available = family_kinds(model)
     names = [structure] if isinstance(structure, str) else list(structure)
     if names == ["auto"]:
-        return list(available)
+        return [k for k in available if k not in SEPARATE_KINDS]
     for n in names:
         if n not in available:
             raise HfPxError(
                 f"structure {n!r} does not exist for {model_type(model)!r} models; "
                 f"choose from {', '.join(available)} or auto"
             )
-    return [k for k in available if k in names]
+    picked = [k for k in available if k in names]
+    if any(k in SEPARATE_KINDS for k in picked) and len(picked) > 1:
+        raise HfPxError(
+            "structure blocks removes whole blocks and is pruned on its own, not with "
+            f"{'+'.join(k for k in picked if k not in SEPARATE_KINDS)}; run prune-structured "
+            "once per kind"
+        )
+    return picked
 
 
 def find_units(
     model: nn.Module, kinds: list[str] | tuple[str, ...] | None = None
 ) -> list[UnitGroup]:
-    """The unit groups of `model`, in module order (`kinds`: None = all of the family)."""
-    kinds = list(kinds) if kinds is not None else list(family_kinds(model))
+    """The unit groups of `model`, in module order (`kinds`: None = what ``auto`` takes)."""
+    kinds = list(kinds) if kinds is not None else resolve_kinds(model, "auto")
     mt = model_type(model)
     groups: list[UnitGroup] = []
     for name, module in model.named_modules():
@@ -128,7 +150,57 @@ def find_units(
             )  # fmt: skip
     if mt == "resnet" and "stream" in kinds:
         groups += _resnet_streams(model)
+    if "blocks" in kinds:
+        groups += _block_lists(model)
     return groups
+
+
+def block_exits(block: nn.Module) -> tuple[str, ...]:
+    """Modules (relative to the block) that end its residual branches; a ResNet block's
+    is its last BatchNorm (weight and bias 0 → the branch adds 0)."""
+    cls = type(block).__name__
+    if cls in _BLOCK_EXITS:
+        return _BLOCK_EXITS[cls]
+    return (f"layer.{len(block.layer) - 1}.normalization",)
+
+
+def block_weights(block: nn.Module) -> tuple[str, ...]:
+    """The weights (relative to the block) that feed its branch ends: what PX's bound
+    sums for the block (the Linear/conv before a ResNet block's last BatchNorm)."""
+    cls = type(block).__name__
+    if cls in _BLOCK_EXITS:
+        return tuple(f"{e}.weight" for e in _BLOCK_EXITS[cls])
+    return (f"layer.{len(block.layer) - 1}.convolution.weight",)
+
+
+def fixed_blocks(container: nn.Module) -> int:
+    """Blocks of a list that are never removed (a ResNet stage's projecting block)."""
+    return sum(
+        not isinstance(getattr(b, "shortcut", nn.Identity()), nn.Identity) for b in container
+    )
+
+
+def _block_lists(model: nn.Module) -> list[UnitGroup]:
+    """One group per list of blocks: ViT/DeiT's layers, a ConvNeXt stage's layers, a
+    ResNet stage's blocks that add their input unchanged (the projecting one stays)."""
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList | nn.Sequential) or not len(module):
+            continue
+        classes = {type(b).__name__ for b in module}
+        if classes <= set(_BLOCK_EXITS):
+            removable = list(range(len(module)))
+            keep = 1
+        elif classes <= {"ResNetBottleNeckLayer", "ResNetBasicLayer"}:
+            removable = [i for i, b in enumerate(module) if isinstance(b.shortcut, nn.Identity)]
+            keep = 0 if len(removable) < len(module) else 1
+        else:
+            continue
+        if len(removable) <= keep:
+            continue
+        blocks = tuple(f"{name}.{i}" for i in removable)
+        out.append(UnitGroup(name, "blocks", len(blocks), 1, blocks, (), min_keep=keep))
+    return out
 
 
 def _resnet_streams(model: nn.Module) -> list[UnitGroup]:
