@@ -635,6 +635,8 @@ def test_blocks_are_pruned_on_their_own():
     with pytest.raises(HfPxError, match="on its own"):
         prune_structured(model, batches(), 0.3, structure=["blocks", "heads"])
     assert "blocks" not in {g.kind for g in find_units(model)}  # auto leaves blocks out
+    with pytest.raises(HfPxError, match="one block kept per list"):
+        prune_structured(model, batches(), 0.9, structure="blocks")
     cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1])
     shallow = t.ResNetForImageClassification(cfg)  # every block projects: none can go
     with pytest.raises(HfPxError, match="no removable units of kind blocks"):

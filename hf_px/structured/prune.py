@@ -131,11 +131,18 @@ def prune_structured(
     final = math.floor(total * (1.0 - float(remove)))
     floor_cost = cost.cost(target, {g.name: _least(g, round_to) for g in groups})
     if floor_cost > final:
+        why, other = (
+            ("one block kept per list", "prune widths instead (--structure auto)")
+            if kinds == ["blocks"]
+            else (
+                "one unit kept per group, or round_to's channels",
+                "add unit kinds (--structure auto)",
+            )
+        )
         raise HfPxError(
             f"removing {remove:.0%} of the {target} is out of reach with structure "
-            f"{'+'.join(kinds)}: at most {1 - floor_cost / total:.1%} can go (one unit kept "
-            "per group, or round_to's channels); lower --remove or add unit kinds "
-            "(--structure auto)"
+            f"{'+'.join(kinds)}: at most {1 - floor_cost / total:.1%} can go ({why}); lower "
+            f"--remove or {other}"
         )
     kept = {g.name: torch.ones(g.size, dtype=torch.bool) for g in groups}
     history = []
