@@ -19,9 +19,10 @@ quickstart: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/quickstart.py
 
 # Two workers: most of the time is subprocesses importing torch, which leave a core idle.
-# loadscope keeps a module on one worker, so its module fixtures are built once.
+# loadscope keeps a module on one worker, so its module fixtures are built once; modules
+# go out in the order tests/conftest.py sorts them (longest first), not by test count.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadscope
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow or ci" -n 2 --dist loadscope --no-loadscope-reorder
 
 # The numerically sensitive files once more with torch's portable kernels (no SIMD), so a
 # result that hinges on the CPU's vector unit fails here as well as on the machine that has it.

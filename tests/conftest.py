@@ -23,6 +23,27 @@ CHILD_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
 os.environ.setdefault("OMP_NUM_THREADS", CHILD_THREADS)
 
 
+# The modules that start processes (~7 s of torch/transformers imports each) hold most of
+# the suite's time. With `--no-loadscope-reorder` (Makefile) xdist hands modules out in
+# collection order, so these go first, longest first, and the short ones fill the end
+# instead of one long module finishing alone on one worker.
+LONG_MODULES = (
+    "test_cli_contract",
+    "test_hub",
+    "test_distributed",
+    "test_finetune_trainer",
+    "test_cli",
+    "test_quickstart",
+    "test_calibration",
+    "test_families",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: order within
+
+
 class PixelNet(nn.Module):
     """A hand-built classifier called as ``model(pixel_values=...)``."""
 

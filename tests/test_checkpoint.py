@@ -288,6 +288,26 @@ def test_no_local_path_or_user_in_written_files(tmp_path):
             assert str(tmp_path) not in text and str(Path.home()) not in text, name
 
 
+def test_the_calibration_given_to_save_is_recorded_in_the_config(tmp_path):
+    from hf_px.card import CalibrationRecord, FinetuneRecipe
+
+    model, result = pruned(tiny_resnet)
+    result.config.calibration = {"finetune": {"epochs": 3}, "note": "kept"}
+    record = CalibrationRecord(dataset="ylecun/mnist", split="train", num_samples=8)
+    out = save_pruned(model, tmp_path / "out", result, calibration=record)
+    saved = hf_px.PruningConfig.from_pretrained(out).calibration
+    # merged over what the config held: a fine-tune recipe and the caller's own keys stay
+    assert saved == {**record.to_dict(), "finetune": {"epochs": 3}, "note": "kept"}
+    back = CalibrationRecord.from_mapping(saved)
+    assert back == CalibrationRecord(
+        dataset="ylecun/mnist", split="train", num_samples=8, finetune=FinetuneRecipe(epochs=3)
+    )
+    assert "ylecun/mnist (split `train`), 8 images" in (out / "README.md").read_text()
+    with pytest.raises(HfPxError, match="CalibrationRecord or a dict"):
+        save_pruned(model, tmp_path / "bad", result, calibration=["mnist"], card=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_leak_the_scrubber_misses_aborts_the_write(tmp_path):
     model, result = pruned(tiny_resnet)
     result.config.calibration["note"] = f"run from {tmp_path}/work"

@@ -77,6 +77,30 @@ def test_finetune_keeps_masks_and_writes_checkpoint(pruned_dir, tmp_path, capsys
     assert report["sparsity"] == pytest.approx(0.7, abs=1e-4)
 
 
+def test_the_calibration_record_survives_the_finetune(pruned_dir, tmp_path):
+    # the prune records its calibration data in pruning_config.json, so the card that
+    # `hf-px finetune` writes again still names it (it said "user-supplied batches")
+    cfg = json.loads((pruned_dir / "pruning_config.json").read_text())
+    calib = {k: v for k, v in cfg["calibration"].items() if k != "finetune"}
+    assert calib == {
+        "dataset": "sklearn-digits",
+        "split": "train",
+        "num_samples": 100,
+        "batch_size": 32,
+        "seed": 0,
+        "batchnorm_recalibrated": True,
+    }
+    line = "| Calibration data | sklearn-digits (split `train`), 100 images |"
+    assert line in (pruned_dir / "README.md").read_text()
+    out = tmp_path / "tuned"
+    args = ["finetune", str(pruned_dir), "--epochs", "1", "--num-samples", "32"]
+    assert run([*args, "--output-dir", str(out), "--quiet"]) == 0
+    tuned = json.loads((out / "pruning_config.json").read_text())["calibration"]
+    assert {k: v for k, v in tuned.items() if k != "finetune"} == calib
+    assert tuned["finetune"]["num_samples"] == 32
+    assert line in (out / "README.md").read_text()
+
+
 def test_finetune_refuses_unpruned_dir_and_bad_args(tmp_path, capsys):
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -103,18 +103,15 @@ def _env(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_cli_prune_then_finetune_recovers_and_rewrites_the_card(digits, tmp_path):
-    env = _env(tmp_path)
+def test_cli_prune_then_finetune_recovers_and_rewrites_the_card(digits, tmp_path, cli):
     pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
     common = ["--eval-split", "test", "--quiet", "--json"]
-    cmd = [sys.executable, "-m", "hf_px", "prune", "px-digits-resnet", "--sparsity", "0.9",
-           "--method", "synflow", "--rounds", "10", "--eval", "--eval-dataset", str(digits),
-           "--output-dir", str(pruned), *common]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = cli("prune", "px-digits-resnet", "--sparsity", "0.9", "--method", "synflow",
+               "--rounds", "10", "--eval", "--eval-dataset", str(digits),
+               "--output-dir", str(pruned), *common, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cmd = [sys.executable, "-m", "hf_px", "finetune", str(pruned), "--dataset", str(digits),
-           "--epochs", "2", "--output-dir", str(tuned), *common]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = cli("finetune", str(pruned), "--dataset", str(digits), "--epochs", "2",
+               "--output-dir", str(tuned), *common, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     ev = s["evaluation"]
@@ -134,26 +131,40 @@ def test_cli_prune_then_finetune_recovers_and_rewrites_the_card(digits, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_finetune_under_torchrun_with_two_processes(digits, tmp_path):
+def test_finetune_under_torchrun_with_two_processes(digits, tmp_path, cli):
     """`torchrun --nproc_per_node 2 -m hf_px finetune`: Trainer runs data parallel on CPU,
     one checkpoint is written, every pruned weight is still 0."""
     env = _env(tmp_path)
     pruned = tmp_path / "pruned"
-    prune = [sys.executable, "-m", "hf_px", "prune", "px-digits-resnet", "--sparsity", "0.9",
-             "--method", "magnitude", "--output-dir", str(pruned), "--quiet"]  # fmt: skip
-    assert subprocess.run(prune, env=env, capture_output=True, timeout=600).returncode == 0
-    args = ["-m", "hf_px", "finetune", str(pruned), "--dataset", str(digits),
-            "--num-samples", "256", "--batch-size", "16", "--gradient-accumulation-steps", "2",
-            "--quiet", "--json"]  # fmt: skip
+    prune = ["prune", "px-digits-resnet", "--sparsity", "0.9", "--method", "magnitude",
+             "--output-dir", str(pruned), "--quiet"]  # fmt: skip
+    assert cli(*prune, cwd=tmp_path).returncode == 0  # setup: needs no process of its own
+    args = [
+        "finetune",
+        str(pruned),
+        "--dataset",
+        str(digits),
+        "--num-samples",
+        "256",
+        "--batch-size",
+        "16",
+        "--gradient-accumulation-steps",
+        "2",
+        "--quiet",
+        "--json",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     runs = {}
-    for name, launch in (("one", [sys.executable]), ("two", [*torchrun, "2"])):
-        out = tmp_path / name
-        proc = subprocess.run([*launch, *args, "--output-dir", str(out)], env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    for name in ("one", "two"):
+        out = ["--output-dir", str(tmp_path / name)]
+        if name == "one":  # the one-process reference runs here; the two-process run launches
+            proc = cli(*args, *out, cwd=tmp_path)
+        else:
+            proc = subprocess.run([*torchrun, "2", "-m", "hf_px", *args, *out], env=env,
+                                  capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = json.loads(proc.stdout)  # one JSON object: only the main process prints
-        w = load_file(str(out / "model.safetensors"))
+        w = load_file(str(tmp_path / name / "model.safetensors"))
         for n, m in hf_px.load_pruning(pruned).masks.items():
             assert float(w[n][~m].abs().max()) == 0.0, n
     assert runs["one"]["num_processes"] == 1 and runs["two"]["num_processes"] == 2

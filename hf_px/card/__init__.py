@@ -8,10 +8,11 @@ from .build import (
     template_path,
     write_card,
 )
-from .records import Evaluation, FinetuneRecipe
+from .records import CalibrationRecord, Evaluation, FinetuneRecipe
 
 __all__ = [
     "CHART_NAME",
+    "CalibrationRecord",
     "Evaluation",
     "FinetuneRecipe",
     "README_NAME",

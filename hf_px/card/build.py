@@ -31,7 +31,7 @@ from ..errors import HfPxError, HfPxFailure
 from ..methods import METHODS
 from ..refs import is_local, last_component, looks_like_hub_id
 from ..utils import read_json_dict
-from .records import Evaluation, FinetuneRecipe
+from .records import CalibrationRecord, Evaluation, FinetuneRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def write_card(
     model: nn.Module,
     result: PruningResult,
     source: dict[str, Any] | None = None,
-    calibration: dict[str, Any] | None = None,
+    calibration: CalibrationRecord | dict[str, Any] | None = None,
     evaluation: Evaluation | dict[str, Any] | None = None,
     format: str = "dense",  # noqa: A002 (mirrors the CLI's --format)
     repo_id: str | None = None,
@@ -75,8 +75,9 @@ def write_card(
     """Write ``README.md`` and ``layer_density.png`` (embedded in it) into `output_dir`.
 
     `source`: ``{"model_id": Hub id or None, "local_path": path or None,
-    "license": optional}``. `calibration`: ``{"dataset": Hub id or name,
-    "num_samples": int, "split": ...}`` (defaults to ``result.config.calibration``).
+    "license": optional}``. `calibration`: a :class:`CalibrationRecord` or the dict it
+    reads (``{"dataset": Hub id or name, "num_samples": int, "split": ...}``); defaults
+    to ``result.config.calibration``.
     `evaluation`: an :class:`Evaluation` (or a dict :meth:`Evaluation.from_mapping`
     reads: ``{"dataset", "split", "num_samples"}`` and ``accuracy_dense``/``_pruned``/
     ``_finetuned``, same for ``loss_*``); it adds a ``model-index`` with the latest
@@ -120,7 +121,7 @@ def card_context(
     result: PruningResult,
     *,
     source: dict[str, Any],
-    calibration: dict[str, Any] | None,
+    calibration: CalibrationRecord | dict[str, Any] | None,
     evaluation: Evaluation | dict[str, Any] | None,
     storage_format: str,
     repo_id: str | None = None,
@@ -184,7 +185,7 @@ def card_context(
         "macs": {"dense": macs["dense"], "remaining": macs["remaining"]} if macs else None,
         "example_shape": list(example_shape),
         "finetune": _finetune_view(FinetuneRecipe.from_mapping(config.calibration.get("finetune"))),
-        "calibration": _calibration_view(calibration or {}),
+        "calibration": _calibration_view(CalibrationRecord.from_mapping(calibration)),
         "evaluation": _evaluation_view(evaluation) if evaluation else None,
         "chart": CHART_NAME,
         # the snippet must run as written: the Hub id when known, else the folder itself
@@ -310,17 +311,17 @@ def _finetune_view(recipe: FinetuneRecipe | None) -> dict[str, Any] | None:
     return view
 
 
-def _calibration_view(calibration: dict[str, Any]) -> dict[str, Any]:
-    dataset = calibration.get("dataset")
-    hub_id = calibration.get("hub_id") or (dataset if looks_like_hub_id(dataset) else None)
+def _calibration_view(calibration: CalibrationRecord) -> dict[str, Any]:
+    dataset = calibration.dataset
+    hub_id = calibration.hub_id or (dataset if looks_like_hub_id(dataset) else None)
     if hub_id and not looks_like_hub_id(hub_id):
         hub_id = None
     return {
         "dataset": _display_name(hub_id or dataset),
         "hub_id": hub_id,
-        "config": calibration.get("config"),
-        "split": calibration.get("split"),
-        "num_samples": calibration.get("num_samples"),
+        "config": calibration.config,
+        "split": calibration.split,
+        "num_samples": calibration.num_samples,
     }
 
 

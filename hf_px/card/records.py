@@ -2,9 +2,11 @@
 
 `Evaluation` names each stage once (dense, pruned, fine-tuned); `from_mapping` is the one
 place that still reads the ``*_before``/``*_after`` spelling of `hf-px prune --eval`'s
-JSON and of reports written before these records. `FinetuneRecipe` is what `hf-px
-finetune` ran; it is saved in ``pruning_config.json`` under ``calibration["finetune"]``
-(where earlier versions put it, so their files read the same) and read back typed.
+JSON and of reports written before these records. `CalibrationRecord` is the data the
+scores were computed on, saved in ``pruning_config.json`` under ``calibration``;
+`FinetuneRecipe` is what `hf-px finetune` ran, saved inside it under
+``calibration["finetune"]`` (where earlier versions put it, so their files read the
+same). The files hold the dicts; everything in between passes the records.
 """
 
 from __future__ import annotations
@@ -85,3 +87,44 @@ class FinetuneRecipe:
         """The recorded fields, as ``pruning_config.json`` and ``hf-px finetune --json``
         hold them."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """The images a checkpoint's scores were computed on (None: not recorded). `dataset`
+    is a public name (a Hub id or a folder's last part); `hub_id` a Hub dataset id when
+    the name alone does not say it; `finetune` what `hf-px finetune` later ran on it."""
+
+    dataset: str | None = None
+    hub_id: str | None = None
+    config: str | None = None
+    split: str | None = None
+    num_samples: int | None = None
+    examples_per_class: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    batchnorm_recalibrated: bool | None = None
+    finetune: FinetuneRecipe | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> CalibrationRecord:
+        """From a saved ``calibration`` dict (keys it does not know are dropped; an empty
+        or missing one is the empty record)."""
+        if isinstance(values, CalibrationRecord):
+            return values
+        if not isinstance(values, dict):
+            return cls()
+        fields = {f.name for f in dataclasses.fields(cls)} - {"finetune"}
+        picked = {k: v for k, v in values.items() if k in fields and v is not None}
+        return cls(**picked, finetune=FinetuneRecipe.from_mapping(values.get("finetune")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recorded fields as ``pruning_config.json`` holds them."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "finetune" and getattr(self, f.name) is not None
+        }
+        if self.finetune is not None:
+            out["finetune"] = self.finetune.to_dict()
+        return out

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card import Evaluation, write_card
+from ..card import CalibrationRecord, Evaluation, write_card
 from ..config import FORMATS, REPORT_NAME, PruningConfig, PruningResult
 from ..errors import HfPxError, HfPxFailure
 from ..masks.check import check_masks
@@ -73,7 +73,7 @@ def save_pruned(
     format: str = "dense",
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
-    calibration: dict[str, Any] | None = None,
+    calibration: CalibrationRecord | dict[str, Any] | None = None,
     evaluation: Evaluation | dict[str, Any] | None = None,
     card: bool = True,
     max_shard_size: int | str = "5GB",
@@ -84,9 +84,10 @@ def save_pruned(
     ``format``: ``"dense"`` (default, loads anywhere) or ``"bitmask"`` (small;
     needs ``import hf_px`` before ``from_pretrained``). An existing non-empty
     `output_dir` is replaced only with ``overwrite=True``; the directory the
-    model was loaded from is never written. ``source`` (``{"model_id",
-    "local_path"}``), ``calibration`` and ``evaluation`` are passed to the model
-    card; ``repo_id``, the Hub repo the folder will be pushed to when known, is what
+    model was loaded from is never written. ``calibration`` (a
+    :class:`~hf_px.card.CalibrationRecord` or its dict) is recorded in
+    ``pruning_config.json`` and shown on the card, with ``source`` (``{"model_id",
+    "local_path"}``) and ``evaluation``; ``repo_id``, the Hub repo the folder will be pushed to when known, is what
     the card's loading snippet loads (else the folder itself, ``"."``). Raises
     :class:`HfPxError` for bad input, :class:`HfPxFailure` for I/O.
     """
@@ -155,14 +156,22 @@ def _check_save_args(model: nn.Module, result: PruningResult, format: str) -> No
 
 def _public_records(result: PruningResult, calibration: Any, evaluation: Any) -> tuple:
     """The run's records with local paths scrubbed (they would leak the machine's
-    layout), the evaluation in its one spelling from here on (card, report)."""
-    result = dataclasses.replace(
-        result, config=PruningConfig.from_dict(scrub_paths(result.config.to_dict()))
-    )
+    layout), the calibration recorded in ``pruning_config.json`` (over what the config
+    held, so a fine-tune recipe stays), the evaluation in its one spelling from here on."""
+    config = result.config.to_dict()
+    if calibration is not None:
+        if not isinstance(calibration, CalibrationRecord | dict):
+            raise HfPxError(
+                "calibration must be a CalibrationRecord or a dict such as "
+                f"{{'dataset': ..., 'num_samples': ...}}, got {type(calibration).__name__}"
+            )
+        given = calibration.to_dict() if isinstance(calibration, CalibrationRecord) else calibration
+        config["calibration"] = {**config["calibration"], **given}
+    result = dataclasses.replace(result, config=PruningConfig.from_dict(scrub_paths(config)))
     if evaluation is not None:
         as_dict = evaluation.to_dict() if isinstance(evaluation, Evaluation) else evaluation
         evaluation = Evaluation.from_mapping(scrub_paths(as_dict))
-    return result, scrub_paths(calibration), evaluation
+    return result, result.config.calibration, evaluation
 
 
 def _check_masks(model: nn.Module, result: PruningResult) -> None:

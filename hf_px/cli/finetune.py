@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
-from ..card import Evaluation, FinetuneRecipe
+from ..card import CalibrationRecord, Evaluation, FinetuneRecipe
 from ..refs import public_name
 from ..training import OPTIMIZERS
 from ..utils import read_json_dict
@@ -130,23 +130,20 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     if structured:
         return _save_structured(args, src, out_dir, model, processor, stats, evaluation, recipe, t0)
-    # saved where earlier versions put it, so their readers and files agree
-    config = dataclasses.replace(
-        saved.config, calibration={**saved.config.calibration, "finetune": recipe.to_dict()}
-    )
-    result = dataclasses.replace(saved, config=config)
+    # the recipe goes beside the prune's calibration record, where earlier versions put it
+    record = CalibrationRecord.from_mapping(saved.config.calibration)
     out_dir, url = common.save_and_push(
         args,
         model,
         out_dir,
-        result,
+        saved,
         processor,
         {},
         source=_source(src, args.model),
-        calibration={k: v for k, v in config.calibration.items() if k != "finetune"},
+        calibration=dataclasses.replace(record, finetune=recipe),
         evaluation=evaluation,
     )
-    return _summary(args, out_dir, result, stats, evaluation, recipe, url, t0)
+    return _summary(args, out_dir, saved, stats, evaluation, recipe, url, t0)
 
 
 def _source_kind(args: argparse.Namespace) -> tuple[Path, bool]:

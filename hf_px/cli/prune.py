@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import calibration, distributed
-from ..card import Evaluation
+from ..card import CalibrationRecord, Evaluation
 from ..config import SCOPES
 from ..methods import METHODS, px
 from ..methods.options import declared, parse_text
@@ -144,7 +144,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
         # every rank holds the full batch list, so every rank gets the same statistics
         with output.phase("re-estimating BatchNorm statistics", timings, "recalibrate_bn_s"):
             if recalibrate_batchnorm(model, batches):
-                calib_info["batchnorm_recalibrated"] = True
+                calib_info = dataclasses.replace(calib_info, batchnorm_recalibrated=True)
 
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
@@ -163,7 +163,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
             processor,
             timings,
             source=source_info(args.model),
-            calibration={k: v for k, v in calib_info.items() if v is not None},
+            calibration=calib_info,
             evaluation=record,
         )
     acc.wait_for_everyone()
@@ -175,8 +175,9 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _calibration(
     args: argparse.Namespace, data_proc: Any, model_config: Any, acc: Any, timings: dict
-) -> tuple[list[dict], dict[str, Any]]:
-    """The calibration batches on this process's device, and what the card says of them."""
+) -> tuple[list[dict], CalibrationRecord]:
+    """The calibration batches on this process's device, and what the checkpoint records
+    of them."""
     from ..methods import get_method
 
     needs_labels = get_method(args.method).needs_labels
@@ -196,15 +197,15 @@ def _calibration(
             model_config=model_config if needs_labels else None,  # the model's class ids
         )
         batches = distributed.move_batches(batches, acc.device)
-    calib_info = {
-        "dataset": public_name(args.dataset) or calibration.DEFAULT_DATASET,
-        "config": args.dataset_config,
-        "split": args.split or "train",
-        "num_samples": sum(int(b["pixel_values"].shape[0]) for b in batches),
-        "examples_per_class": args.examples_per_class,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-    }
+    calib_info = CalibrationRecord(
+        dataset=public_name(args.dataset) or calibration.DEFAULT_DATASET,
+        config=args.dataset_config,
+        split=args.split or "train",
+        num_samples=sum(int(b["pixel_values"].shape[0]) for b in batches),
+        examples_per_class=args.examples_per_class,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     return batches, calib_info
 
 
@@ -236,6 +237,15 @@ def _evaluation_json(record: Evaluation, dense: dict, pruned: dict) -> dict[str,
     }
 
 
+def _calibration_json(record: CalibrationRecord) -> dict[str, Any]:
+    """The ``calibration`` of ``--json``: every field the command sets, None when unset."""
+    keys = ("dataset", "config", "split", "num_samples", "examples_per_class", "batch_size", "seed")
+    out = {k: getattr(record, k) for k in keys}
+    if record.batchnorm_recalibrated:
+        out["batchnorm_recalibrated"] = True
+    return out
+
+
 def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -> dict[str, Any]:
     """What `--json` prints and the human summary reads."""
     per_tensor = result.per_tensor_sparsity
@@ -254,7 +264,7 @@ def _summary(args, result, out_dir, acc, timings, calib_info, evaluation, url) -
         "min_tensor_density": min((1.0 - s for s in per_tensor.values()), default=None),
         "format": args.format,
         "size_on_disk_bytes": size_on_disk(out_dir),
-        "calibration": calib_info,
+        "calibration": _calibration_json(calib_info),
         "evaluation": evaluation,
         "pushed_to": url,
         "num_processes": acc.num_processes,
