@@ -45,8 +45,8 @@ def test_env_json_is_one_object_with_versions_capability_and_settings():
     assert "hf_s3cret" not in out.stdout + out.stderr  # a token is named, never shown
 
 
-def test_env_human_output_names_the_capability_and_packages():
-    out = _env_cmd()
+def test_env_human_output_names_the_capability_and_packages(cli, tmp_path):
+    out = cli("env", cwd=tmp_path)  # this process: the capability forced above needs its own
     assert out.returncode == 0, out.stderr
     assert "bug report" in out.stdout
     native = torch.backends.cpu.get_cpu_capability()
