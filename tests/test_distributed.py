@@ -272,7 +272,7 @@ def test_offloaded_model_is_refused():
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_cli_prune_under_torchrun_and_accelerate_launch(tmp_path):
+def test_cli_prune_under_torchrun_and_accelerate_launch(tmp_path, cli):
     """`python -m hf_px prune` with 2 processes writes the same checkpoint as with 1,
     once (only the main process writes and reports)."""
     model_dir = tmp_path / "model"
@@ -285,15 +285,14 @@ def test_cli_prune_under_torchrun_and_accelerate_launch(tmp_path):
     accel = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     accel += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     accel += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    commands = {
-        "one": [sys.executable, *args],
-        "torchrun": [*TORCHRUN, "2", *args],
-        "accelerate": [*accel, *args],
-    }
+    commands = {"torchrun": [*TORCHRUN, "2", *args], "accelerate": [*accel, *args]}
     procs = {}
     for name, cmd in commands.items():
         out = tmp_path / name
         procs[name] = (_start([*cmd, "--output-dir", str(out / "ckpt")], out, env), out)
+    # the one-process reference in this process (one thread, as the launched ones)
+    one = cli(*args[2:], "--output-dir", str(tmp_path / "one" / "ckpt"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
     for proc, out in procs.values():
         _wait(proc, out)
     reference = (tmp_path / "one" / "ckpt" / "model.safetensors").read_bytes()
