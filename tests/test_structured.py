@@ -552,6 +552,39 @@ def test_cli_finetune_trains_a_structured_checkpoint_and_keeps_its_layout(tmp_pa
         hf_px.load_pruning(out)  # no masks: the one-line answer names what it is
 
 
+def test_structured_checkpoints_record_accuracy_and_calibration_data(tmp_path, capsys):
+    """`prune-structured --eval` keeps what it measured and the data the units were scored
+    on in the unit record and the card; `hf-px finetune` carries both over."""
+    from hf_px.cli.main import run
+
+    src, out = tmp_path / "s", tmp_path / "s-ft"
+    argv = ["prune-structured", "px-digits-resnet", "--remove", "0.3", "--rounds", "1", "--eval"]
+    assert (
+        run([*argv, "--num-samples", "20", "--no-latency", "--json", "--output-dir", str(src)]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    record = load_units(src)
+    ev = record["evaluation"]
+    assert (ev["accuracy_dense"], ev["accuracy_pruned"]) == (
+        summary["evaluation"]["accuracy_before"],
+        summary["evaluation"]["accuracy_after"],
+    )
+    assert ev["dataset"] == "sklearn-digits" and ev["num_samples"] > 0
+    calib = record["calibration"]
+    assert calib["dataset"] == "sklearn-digits" and calib["num_samples"] == 20
+    assert calib["batchnorm_recalibrated"] is True  # the ResNet has BatchNorm layers
+    card = (src / "README.md").read_text()
+    row = f"| top-1 on sklearn-digits [{ev['split']}], {ev['num_samples']} images | "
+    assert row + f"{100 * ev['accuracy_dense']:.2f}% | {100 * ev['accuracy_pruned']:.2f}% |" in card
+    assert "Units scored on sklearn-digits [train], 20 images." in card
+    ft = ["finetune", str(src), "--epochs", "1", "--num-samples", "32", "--quiet"]
+    assert run([*ft, "--output-dir", str(out)]) == 0
+    after = load_units(out)
+    assert after["evaluation"] == ev and after["calibration"] == calib
+    tuned = (out / "README.md").read_text()
+    assert row in tuned and "Units scored on sklearn-digits" in tuned
+
+
 def _sample_class_losses(model: nn.Module, x: torch.Tensor):
     """(ℓ(x_n, c), p_nc) one image and class at a time: the brute force of the fisher forms."""
     for n in range(len(x)):

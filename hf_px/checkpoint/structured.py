@@ -34,7 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..card.records import CalibrationRecord, Evaluation
 from ..errors import HfPxError
+from ..refs import scrub_paths
 from ..structured import StructuredResult, shrink
 from ..structured.units import UnitGroup, find_units, fixed_blocks
 from .constants import UNITS_NAME
@@ -86,12 +88,15 @@ def save_structured(
     image_processor: Any = None,
     overwrite: bool = False,
     latency: dict[str, Any] | None = None,
+    evaluation: Evaluation | dict[str, Any] | None = None,
+    calibration: CalibrationRecord | dict[str, Any] | None = None,
     card: bool = True,
 ) -> Path:
     """Write the structured-pruned `model` (shrunk in place first if it is not yet) as
     a Hugging Face model directory; returns its path. Plain checkpoint when the
     config can express the widths, else the ``hf_px_structured`` layout (module
-    docstring)."""
+    docstring). `evaluation` (top-1 before/after) and `calibration` (the data the units
+    were scored on) are recorded in the unit record and shown on the card."""
     if not hasattr(model, "save_pretrained"):
         raise HfPxError("save_structured needs a transformers model")
     if not is_shrunk(model, result):
@@ -101,6 +106,13 @@ def save_structured(
     widths = config_widths(model, result)
     record = units_record(result, latency)
     record["layout"] = "plain" if widths is not None else QUANT_METHOD
+    for key, value, kind in (
+        ("evaluation", evaluation, Evaluation),
+        ("calibration", calibration, CalibrationRecord),
+    ):
+        if value is not None:  # local paths never reach the folder (a Hub push shares it)
+            typed = value if isinstance(value, kind) else kind.from_mapping(value)
+            record[key] = scrub_paths(typed.to_dict())
     parent = target.absolute().parent
     config = model.config
     saved = {k: getattr(config, k, None) for k in ("intermediate_size", "num_attention_heads")}
@@ -238,6 +250,10 @@ def model_card(result: StructuredResult, record: dict[str, Any]) -> str:
     for key, value in sorted(lat.items()):
         if isinstance(value, dict) and "before" in value and "after" in value:
             rows.append((key, f"{value['before']:.4g}", f"{value['after']:.4g}"))
+    ev = Evaluation.from_mapping(record.get("evaluation") or {})
+    measured_on = f"{ev.dataset} [{ev.split}], {ev.num_samples} images"
+    if ev.accuracy_dense is not None and ev.accuracy_pruned is not None:
+        rows.append((f"top-1 on {measured_on}", _pct(ev.accuracy_dense), _pct(ev.accuracy_pruned)))
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     if record["layout"] == "plain":
         load = (
@@ -251,13 +267,20 @@ def model_card(result: StructuredResult, record: dict[str, Any]) -> str:
         )
     form = cfg.get("px_form", {}).get("form")
     tuned = cfg.get("finetune") or {}
-    finetuned = (
+    notes = (
         f"Fine-tuned after pruning: {tuned.get('epochs')} epoch(s) on {tuned.get('dataset')} "
         f"[{tuned.get('split')}], {tuned.get('num_samples')} images, {tuned.get('optimizer')} "
         f"lr {tuned.get('learning_rate')} ({tuned.get('trainer')}).\n\n"
         if tuned
         else ""
     )
+    if ev.accuracy_finetuned is not None:
+        notes += f"Top-1 after fine-tuning on {measured_on}: {_pct(ev.accuracy_finetuned)}.\n\n"
+    calib = CalibrationRecord.from_mapping(record.get("calibration"))
+    if calib.dataset:
+        split = f" [{calib.split}]" if calib.split else ""
+        images = f", {calib.num_samples} images" if calib.num_samples else ""
+        notes = f"Units scored on {calib.dataset}{split}{images}.\n\n" + notes
     return (
         "---\ntags:\n- hf-px\n- structured-pruning\n- image-classification\n---\n\n"
         f"# Structured-pruned {cfg['model_type']} ({cfg['method']}"
@@ -267,7 +290,11 @@ def model_card(result: StructuredResult, record: dict[str, Any]) -> str:
         f"{', uniform widths' if cfg['uniform'] else ''}. {load}\n\n"
         "| | before | after |\n| --- | --- | --- |\n"
         f"{table}\n\n"
-        f"{finetuned}"
+        f"{notes}"
         "Latency: " + (lat.get("note") or "not measured") + ".\n"
         "Which units were kept: `structured_units.json`.\n"
     )
+
+
+def _pct(value: float) -> str:
+    return f"{100 * float(value):.2f}%"

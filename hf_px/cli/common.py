@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration, distributed
+from ..card import Evaluation
 from ..checkpoint import check_output_dir, save_pruned
 from ..hub import check_push_target, push_to_hub
-from ..refs import local_dir
+from ..refs import local_dir, public_name
 from . import output
 from .resolve import resolve, size_on_disk
 
@@ -109,6 +110,21 @@ def data_processor(model: Any, processor: Any) -> Any:
 class EvalData:
     batches: list[dict]  # labels are the model's class ids
     split: str
+
+
+def evaluation_record(
+    eval_ref: str | None, data: EvalData, dense: dict, pruned: dict
+) -> Evaluation:
+    """What the card and the checkpoint record of the two measurements (dense, pruned)."""
+    return Evaluation(
+        dataset=public_name(eval_ref) or calibration.DEFAULT_DATASET,
+        split=data.split,
+        num_samples=pruned["num_samples"],
+        accuracy_dense=dense["accuracy"],
+        loss_dense=dense["loss"],
+        accuracy_pruned=pruned["accuracy"],
+        loss_pruned=pruned["loss"],
+    )
 
 
 def eval_data(

@@ -208,11 +208,12 @@ def _save_structured(args, src, out_dir, model, processor, stats, evaluation, re
 
     result = load_result(src, model)
     result.config["finetune"] = recipe.to_dict()
-    latency = load_units(src).get("latency")
+    source = load_units(src)
     with output.phase(f"saving to {out_dir}", {}, "save_s"):
         out_dir = save_structured(
             model, out_dir, result, image_processor=processor, overwrite=args.overwrite,
-            latency=latency,
+            latency=source.get("latency"), calibration=source.get("calibration"),
+            evaluation=evaluation or _prior_evaluation(src),
         )  # fmt: skip
     output.completed(output_dir=str(out_dir), size_on_disk_bytes=size_on_disk(out_dir))
     url = None
@@ -288,7 +289,6 @@ def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict)
 def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> Evaluation:
     """Accuracy before/after fine-tuning, with the dense figure when pruning measured it on
     the same data."""
-    from ..config import REPORT_NAME
 
     before, after = stats["eval_before"], stats["eval_after"]
     evaluation = Evaluation(
@@ -300,7 +300,7 @@ def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> Evaluation
         accuracy_finetuned=after["accuracy"],
         loss_finetuned=after["loss"],
     )
-    prior = _prior_evaluation(src / REPORT_NAME)
+    prior = _prior_evaluation(src)
     if prior and (prior.dataset, prior.split) == (evaluation.dataset, evaluation.split):
         # the same data: the dense figure that pruning measured carries over
         evaluation = dataclasses.replace(
@@ -317,8 +317,13 @@ def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
     return out
 
 
-def _prior_evaluation(report: Path) -> Evaluation | None:
-    """What the pruning run measured, as its sparsity report recorded it (either spelling)."""
+def _prior_evaluation(src: Path) -> Evaluation | None:
+    """What the pruning run measured, as its sparsity report (either spelling) or, for a
+    structured checkpoint, its unit record recorded it."""
+    from ..checkpoint.structured import UNITS_NAME
+    from ..config import REPORT_NAME
+
+    report = src / (UNITS_NAME if (src / UNITS_NAME).is_file() else REPORT_NAME)
     ev = read_json_dict(report).get("evaluation")
     return Evaluation.from_mapping(ev) if isinstance(ev, dict) else None
 

@@ -149,7 +149,7 @@ def _prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
             pruned = common.evaluate(model, data, acc)
-        record = _evaluation(eval_ref, data, dense, pruned)
+        record = common.evaluation_record(eval_ref, data, dense, pruned)
         evaluation = _evaluation_json(record, dense, pruned)
         output.completed(evaluation=evaluation)
 
@@ -207,19 +207,6 @@ def _calibration(
         seed=args.seed,
     )
     return batches, calib_info
-
-
-def _evaluation(eval_ref: str | None, data: Any, dense: dict, pruned: dict) -> Evaluation:
-    """What the card and the sparsity report record of the two measurements."""
-    return Evaluation(
-        dataset=public_name(eval_ref) or calibration.DEFAULT_DATASET,
-        split=data.split,
-        num_samples=pruned["num_samples"],
-        accuracy_dense=dense["accuracy"],
-        loss_dense=dense["loss"],
-        accuracy_pruned=pruned["accuracy"],
-        loss_pruned=pruned["loss"],
-    )
 
 
 def _evaluation_json(record: Evaluation, dense: dict, pruned: dict) -> dict[str, Any]:

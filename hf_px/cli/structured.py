@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import calibration
+from ..card import CalibrationRecord, Evaluation
 from ..checkpoint import check_output_dir
 from ..refs import public_name
 from . import common, output, parsing
@@ -88,11 +89,13 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
         )
     image_size = int(batches[0]["pixel_values"].shape[-1])
     evaluation: dict[str, Any] = {}
+    record: Evaluation | None = None
     if args.eval:
         eval_ref = args.eval_dataset or args.dataset
         with output.phase("evaluating the dense model", timings, "eval_dense_s"):
             data = common.eval_data(
                 eval_ref,
+                model,  # the dataset's labels mapped to the model's class ids by name
                 processor=data_proc,
                 dataset_config=args.dataset_config if eval_ref == args.dataset else None,
                 split=args.eval_split,
@@ -102,7 +105,8 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
                 num_samples=None,
                 seed=args.seed,
             )
-            evaluation["accuracy_before"] = common.evaluate(model, data, None)["accuracy"]
+            dense = common.evaluate(model, data, None)
+            evaluation["accuracy_before"] = dense["accuracy"]
     latency: dict[str, Any] = {}
     if args.latency:
         latency["latency_b1_ms"] = {"before": latency_ms(model, image_size)}
@@ -121,14 +125,15 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
             image_size=image_size,
             **({"form": args.px_form} if args.method == "px" else {}),
         )
-    if args.recalibrate_bn:
-        recalibrate_batchnorm(model, batches)
+    recalibrated = bool(args.recalibrate_bn) and recalibrate_batchnorm(model, batches)
     shrink(model, result.groups, result.kept)
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
-            evaluation["accuracy_after"] = common.evaluate(model, data, None)["accuracy"]
+            pruned = common.evaluate(model, data, None)
+            evaluation["accuracy_after"] = pruned["accuracy"]
             evaluation["dataset"] = public_name(eval_ref) or calibration.DEFAULT_DATASET
             evaluation["split"] = data.split
+            record = common.evaluation_record(eval_ref, data, dense, pruned)
     if args.latency:
         latency["latency_b1_ms"]["after"] = latency_ms(model, image_size)
         latency["note"] = (
@@ -138,7 +143,14 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
     with output.phase(f"saving to {out_dir}", timings, "save_s"):
         out_dir = save_structured(
             model, out_dir, result, image_processor=processor, overwrite=args.overwrite,
-            latency=latency,
+            latency=latency, evaluation=record,
+            calibration=CalibrationRecord(
+                dataset=public_name(args.dataset) or calibration.DEFAULT_DATASET,
+                config=args.dataset_config, split=args.split or "train",
+                num_samples=sum(int(b["pixel_values"].shape[0]) for b in batches),
+                batch_size=args.batch_size, seed=args.seed,
+                batchnorm_recalibrated=True if recalibrated else None,
+            ),
         )  # fmt: skip
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
     from ..checkpoint.structured import load_units
