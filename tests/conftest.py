@@ -148,11 +148,17 @@ def in_process(monkeypatch):
 
     log = logging.getLogger("hf_px")
     saved = (list(log.handlers), log.level, log.propagate)
-    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(key, os.environ.get(key, "0"))
-    for key in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
-        monkeypatch.setenv(key, os.environ.get(key, "warning"))
+    # restored as found, unset ones unset: a "0" set here would make `datasets` warn that
+    # it cannot disable its bars when a run asks for --quiet
+    keys = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+    keys += ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY")
+    env = {key: os.environ.get(key) for key in keys}
     yield run
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     log.handlers[:], log.level, log.propagate = saved
 
 

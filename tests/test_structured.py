@@ -47,6 +47,8 @@ def build(kind: str) -> nn.Module:
         model = t.ViTForImageClassification(t.ViTConfig(**vit))
     elif kind == "deit":
         model = t.DeiTForImageClassification(t.DeiTConfig(**vit))
+    elif kind == "dinov2":
+        model = _dinov2(num_hidden_layers=2)
     elif kind == "swin":  # windows of 2x2 patches: the attention runs on 16 windows per image
         cfg = t.SwinConfig(
             image_size=32, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4],
@@ -67,9 +69,20 @@ def build(kind: str) -> nn.Module:
     return model.eval()
 
 
+def _dinov2(num_hidden_layers: int) -> nn.Module:
+    """A tiny DINOv2 (layer scale 0.5, not the identity 1.0; its classifier reads the class
+    token and the mean patch token)."""
+    cfg = t.Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4, mlp_ratio=2, layerscale_value=0.5, num_labels=3,
+    )  # fmt: skip
+    return t.Dinov2ForImageClassification(cfg)
+
+
 # the most each tiny model can lose with internal units only (stem/stream convs stay)
 REMOVE = {
-    "vit": 0.4, "deit": 0.4, "swin": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4
+    "vit": 0.4, "deit": 0.4, "swin": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4,
+    "dinov2": 0.4,
 }  # fmt: skip
 
 
@@ -99,6 +112,8 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ("vit", "taylor"),
         ("resnet", "l1"),
         ("convnext", "random"),
+        ("dinov2", "px"),
+        ("dinov2", "taylor"),
     ],
 )
 def test_shrunk_model_computes_the_masked_function(kind, method):
@@ -123,6 +138,7 @@ def test_units_of_each_family():
         "vit": {"neurons", "heads"},
         "deit": {"neurons", "heads"},
         "swin": {"neurons", "heads"},
+        "dinov2": {"neurons", "heads"},
         "resnet": {"channels", "stream"},
         "resnet-basic": {"channels", "stream"},
         "convnext": {"channels"},
@@ -443,7 +459,28 @@ def test_checkpoints_plain_and_hooked(tmp_path):
     assert "hf_px_structured_checkpoint" in proc.stdout + proc.stderr  # the marker's hint
 
 
-@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin"])
+def test_dinov2_uniform_heads_are_a_plain_checkpoint_and_neurons_are_hooked(tmp_path):
+    """DINOv2's config names one head count (with head_dim beside it): uniform heads give a
+    plain checkpoint. Its MLP width is an integer mlp_ratio of the hidden size, which
+    cannot say 48 of 64: neurons give the hooked layout."""
+    data = batches()
+    x = data[0]["pixel_values"]
+    for structure, layout in (("heads", "plain"), ("neurons", "hf_px_structured")):
+        model = build("dinov2")
+        res = prune_structured(model, data, 0.2, structure=structure, uniform=True, rounds=1)
+        want = logits(model, x)
+        out = save_structured(model, tmp_path / structure, res)
+        assert load_units(out)["layout"] == layout
+        cfg = json.loads((out / "config.json").read_text())
+        assert ("quantization_config" in cfg) == (layout != "plain")
+        if layout == "plain":
+            assert cfg["num_attention_heads"] == min(res.counts().values()) < 4
+            assert cfg["head_dim"] == 8
+        loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+        torch.testing.assert_close(logits(loaded, x), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin", "dinov2"])
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
     data = batches()
@@ -603,6 +640,8 @@ def _deep(kind: str) -> nn.Module:
         return t.ViTForImageClassification(t.ViTConfig(**vit)).eval()
     if kind == "deit":
         return t.DeiTForImageClassification(t.DeiTConfig(**vit)).eval()
+    if kind == "dinov2":
+        return _dinov2(num_hidden_layers=3).eval()
     if kind == "resnet":
         cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[2, 3], num_labels=3)
         return t.ResNetForImageClassification(cfg).eval()
@@ -610,7 +649,7 @@ def _deep(kind: str) -> nn.Module:
     return t.ConvNextForImageClassification(cfg).eval()
 
 
-@pytest.mark.parametrize("kind", ["vit", "deit", "resnet", "convnext"])
+@pytest.mark.parametrize("kind", ["vit", "deit", "resnet", "convnext", "dinov2"])
 @pytest.mark.parametrize("method", ["px", "taylor"])
 def test_removing_blocks_gives_a_shallower_plain_checkpoint(tmp_path, kind, method):
     """Whole blocks: the masked network (branch ends at 0) computes what the network with

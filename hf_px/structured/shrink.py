@@ -136,3 +136,17 @@ def drop_blocks(model: nn.Module, group: UnitGroup, kept: torch.Tensor) -> None:
         config.depths = depths
     else:
         config.num_hidden_layers = len(blocks)
+        _renumber_stages(config)
+
+
+def _renumber_stages(config) -> None:
+    """A config that names one backbone stage per layer (DINOv2's ``stage_names``) names
+    the layers left; its backbone outputs go back to the default, the last layer (they
+    named layers that may be gone; a classifier does not read them)."""
+    names = getattr(config, "stage_names", None)
+    if not (isinstance(names, list) and names[:1] == ["stem"]):
+        return
+    if not hasattr(config, "set_output_features_output_indices"):
+        return
+    config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, config.num_hidden_layers + 1)]
+    config.set_output_features_output_indices(out_features=None, out_indices=None)

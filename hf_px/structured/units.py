@@ -43,6 +43,7 @@ FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     "vit": ("neurons", "heads", "blocks"),
     "deit": ("neurons", "heads", "blocks"),
     "swin": ("neurons", "heads"),
+    "dinov2": ("neurons", "heads", "blocks"),
 }
 #: kinds ``auto`` leaves out: a whole block costs what its widths make it, so blocks are
 #: pruned on their own (the cost model multiplies at most two unit counts per layer)
@@ -53,9 +54,15 @@ _BLOCK_EXITS = {
     "ViTLayer": ("attention.o_proj", "mlp.fc2"),
     "DeiTLayer": ("attention.o_proj", "mlp.fc2"),
     "ConvNextLayer": ("pwconv2",),
+    "Dinov2Layer": ("attention.o_proj", "mlp.fc2"),  # the layer scales multiply a 0 by γ
 }
-#: families whose config names one MLP width and one head count for every layer
-_UNIFORM_CONFIG = ("vit", "deit")
+#: families whose config names one MLP width (``intermediate_size``) for every layer, and
+#: those that name one head count (``num_attention_heads``, with ``head_dim`` beside it);
+#: DINOv2 states its MLP width as an integer ``mlp_ratio`` of the hidden size
+_UNIFORM_NEURONS = ("vit", "deit")
+_UNIFORM_HEADS = ("vit", "deit", "dinov2")
+#: families whose layers hold an ``…MLP`` (fc1 → fc2) and an ``…Attention`` (q/k/v → o)
+_VIT_LIKE = ("vit", "deit", "swin", "dinov2")
 
 
 @dataclass(frozen=True)
@@ -130,17 +137,17 @@ def find_units(
                     (f"{name}.pwconv2",), uniform_key="",
                 )
             )  # fmt: skip
-        elif mt in ("vit", "deit", "swin") and cls.endswith("MLP") and "neurons" in kinds:
-            key = "intermediate_size" if mt in _UNIFORM_CONFIG else ""
+        elif mt in _VIT_LIKE and cls.endswith("MLP") and "neurons" in kinds:
+            key = "intermediate_size" if mt in _UNIFORM_NEURONS else ""
             groups.append(
                 UnitGroup(
                     f"{name}", "neurons", module.fc1.out_features, 1, (f"{name}.fc1",),
                     (f"{name}.fc2",), uniform_key=key,
                 )
             )  # fmt: skip
-        elif mt in ("vit", "deit", "swin") and cls.endswith("Attention") and "heads" in kinds:
+        elif mt in _VIT_LIKE and cls.endswith("Attention") and "heads" in kinds:
             hd = module.head_dim
-            key = "num_attention_heads" if mt in _UNIFORM_CONFIG else ""
+            key = "num_attention_heads" if mt in _UNIFORM_HEADS else ""
             groups.append(
                 UnitGroup(
                     f"{name}", "heads", module.q_proj.out_features // hd, hd,
@@ -181,7 +188,7 @@ def fixed_blocks(container: nn.Module) -> int:
 
 
 def _block_lists(model: nn.Module) -> list[UnitGroup]:
-    """One group per list of blocks: ViT/DeiT's layers, a ConvNeXt stage's layers, a
+    """One group per list of blocks: ViT/DeiT/DINOv2's layers, a ConvNeXt stage's layers, a
     ResNet stage's blocks that add their input unchanged (the projecting one stays)."""
     out = []
     for name, module in model.named_modules():
