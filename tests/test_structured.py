@@ -49,6 +49,8 @@ def build(kind: str) -> nn.Module:
         model = t.DeiTForImageClassification(t.DeiTConfig(**vit))
     elif kind == "dinov2":
         model = _dinov2(num_hidden_layers=2)
+    elif kind in _VIT_LIKE:
+        model = _VIT_LIKE[kind](num_hidden_layers=2)
     elif kind == "swin":  # windows of 2x2 patches: the attention runs on 16 windows per image
         cfg = t.SwinConfig(
             image_size=32, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4],
@@ -79,10 +81,43 @@ def _dinov2(num_hidden_layers: int) -> nn.Module:
     return t.Dinov2ForImageClassification(cfg)
 
 
+def _vit_like(config_cls, model_cls, **extra):
+    def make(num_hidden_layers: int) -> nn.Module:
+        cfg = config_cls(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=num_hidden_layers,
+            num_attention_heads=4, num_labels=3, **extra,
+        )  # fmt: skip
+        return model_cls(cfg)
+
+    return make
+
+
+# the other ViT-shaped families (BEiT with its per-layer relative position bias and
+# layer scale; DINOv2 with registers: register tokens beside the class token)
+_VIT_LIKE = {
+    "vit_msn": _vit_like(t.ViTMSNConfig, t.ViTMSNForImageClassification, intermediate_size=64),
+    "ijepa": _vit_like(t.IJepaConfig, t.IJepaForImageClassification, intermediate_size=64),
+    "beit": _vit_like(
+        t.BeitConfig,
+        t.BeitForImageClassification,
+        intermediate_size=64,
+        use_relative_position_bias=True,
+        layer_scale_init_value=0.5,
+    ),  # fmt: skip
+    "dinov2_with_registers": _vit_like(
+        t.Dinov2WithRegistersConfig,
+        t.Dinov2WithRegistersForImageClassification,
+        mlp_ratio=2,
+        num_register_tokens=2,
+        layerscale_value=0.5,
+    ),  # fmt: skip
+}
+
+
 # the most each tiny model can lose with internal units only (stem/stream convs stay)
 REMOVE = {
     "vit": 0.4, "deit": 0.4, "swin": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4,
-    "dinov2": 0.4,
+    "dinov2": 0.4, "vit_msn": 0.4, "ijepa": 0.4, "beit": 0.3, "dinov2_with_registers": 0.4,
 }  # fmt: skip
 
 
@@ -114,6 +149,11 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ("convnext", "random"),
         ("dinov2", "px"),
         ("dinov2", "taylor"),
+        ("dinov2_with_registers", "px"),
+        ("vit_msn", "px"),
+        ("ijepa", "px"),
+        ("beit", "px"),
+        ("beit", "taylor"),
     ],
 )
 def test_shrunk_model_computes_the_masked_function(kind, method):
@@ -139,6 +179,10 @@ def test_units_of_each_family():
         "deit": {"neurons", "heads"},
         "swin": {"neurons", "heads"},
         "dinov2": {"neurons", "heads"},
+        "dinov2_with_registers": {"neurons", "heads"},
+        "vit_msn": {"neurons", "heads"},
+        "ijepa": {"neurons", "heads"},
+        "beit": {"neurons"},
         "resnet": {"channels", "stream"},
         "resnet-basic": {"channels", "stream"},
         "convnext": {"channels"},
@@ -480,11 +524,11 @@ def test_dinov2_uniform_heads_are_a_plain_checkpoint_and_neurons_are_hooked(tmp_
         torch.testing.assert_close(logits(loaded, x), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin", "dinov2"])
+@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin", "dinov2", "beit", "ijepa"])
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
     data = batches()
-    res = prune_structured(model, data, 0.4, method="px", rounds=1)
+    res = prune_structured(model, data, REMOVE[kind], method="px", rounds=1)
     counts = res.counts()
     assert len(set(counts.values())) > 1  # widths differ per layer: not config-expressible
     want = logits(model, data[0]["pixel_values"])
@@ -642,6 +686,8 @@ def _deep(kind: str) -> nn.Module:
         return t.DeiTForImageClassification(t.DeiTConfig(**vit)).eval()
     if kind == "dinov2":
         return _dinov2(num_hidden_layers=3).eval()
+    if kind in _VIT_LIKE:
+        return _VIT_LIKE[kind](num_hidden_layers=3).eval()
     if kind == "resnet":
         cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[2, 3], num_labels=3)
         return t.ResNetForImageClassification(cfg).eval()
@@ -649,7 +695,9 @@ def _deep(kind: str) -> nn.Module:
     return t.ConvNextForImageClassification(cfg).eval()
 
 
-@pytest.mark.parametrize("kind", ["vit", "deit", "resnet", "convnext", "dinov2"])
+@pytest.mark.parametrize(
+    "kind", ["vit", "deit", "resnet", "convnext", "dinov2", "dinov2_with_registers", "beit"]
+)
 @pytest.mark.parametrize("method", ["px", "taylor"])
 def test_removing_blocks_gives_a_shallower_plain_checkpoint(tmp_path, kind, method):
     """Whole blocks: the masked network (branch ends at 0) computes what the network with

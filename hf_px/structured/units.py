@@ -44,6 +44,12 @@ FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     "deit": ("neurons", "heads", "blocks"),
     "swin": ("neurons", "heads"),
     "dinov2": ("neurons", "heads", "blocks"),
+    "dinov2_with_registers": ("neurons", "heads", "blocks"),
+    "vit_msn": ("neurons", "heads", "blocks"),
+    "ijepa": ("neurons", "heads", "blocks"),
+    # not heads: BEiT's relative position bias tables sit in the layer (or the encoder,
+    # shared by every layer), outside the attention a head's removal resizes
+    "beit": ("neurons", "blocks"),
 }
 #: kinds ``auto`` leaves out: a whole block costs what its widths make it, so blocks are
 #: pruned on their own (the cost model multiplies at most two unit counts per layer)
@@ -55,14 +61,18 @@ _BLOCK_EXITS = {
     "DeiTLayer": ("attention.o_proj", "mlp.fc2"),
     "ConvNextLayer": ("pwconv2",),
     "Dinov2Layer": ("attention.o_proj", "mlp.fc2"),  # the layer scales multiply a 0 by γ
+    "Dinov2WithRegistersLayer": ("attention.o_proj", "mlp.fc2"),
+    "ViTMSNLayer": ("attention.o_proj", "mlp.fc2"),
+    "IJepaLayer": ("attention.o_proj", "mlp.fc2"),
+    "BeitLayer": ("attention.o_proj", "mlp.fc2"),
 }
 #: families whose config names one MLP width (``intermediate_size``) for every layer, and
 #: those that name one head count (``num_attention_heads``, with ``head_dim`` beside it);
-#: DINOv2 states its MLP width as an integer ``mlp_ratio`` of the hidden size
-_UNIFORM_NEURONS = ("vit", "deit")
-_UNIFORM_HEADS = ("vit", "deit", "dinov2")
+#: DINOv2 (with or without registers) states its MLP width as an integer ``mlp_ratio``
+_UNIFORM_NEURONS = ("vit", "deit", "vit_msn", "ijepa", "beit")
+_UNIFORM_HEADS = ("vit", "deit", "vit_msn", "ijepa", "dinov2", "dinov2_with_registers")
 #: families whose layers hold an ``…MLP`` (fc1 → fc2) and an ``…Attention`` (q/k/v → o)
-_VIT_LIKE = ("vit", "deit", "swin", "dinov2")
+_VIT_LIKE = ("vit", "deit", "swin", "dinov2", "dinov2_with_registers", "vit_msn", "ijepa", "beit")
 
 
 @dataclass(frozen=True)
