@@ -206,11 +206,11 @@ def test_default_output_dir_and_human_summary(tmp_path, cli):
     assert (out / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_config_built_vit_on_an_image_folder_layerwise_bitmask(tmp_path, capsys, in_process):
+def test_config_built_vit_on_an_image_folder_layerwise_bitmask(tmp_path, capsys, cli):
     model_dir = tmp_path / "tiny-vit"
     _save_tiny_vit(model_dir)
     data = _digits_folder(tmp_path, per_class=2, classes=3)
-    proc = hfpx(
+    proc = cli(
         "prune",
         str(model_dir),
         "--sparsity",
@@ -244,8 +244,9 @@ def test_config_built_vit_on_an_image_folder_layerwise_bitmask(tmp_path, capsys,
     out = tmp_path / s["output_dir"]
     card = (out / "README.md").read_text()
     assert str(tmp_path) not in card  # no local path in written files
-    assert in_process(["inspect", str(out), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    inspected = cli("inspect", str(out), "--json", cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.stderr
+    info = json.loads(inspected.stdout)
     assert info["format"] == "bitmask"
     # 75% of the weights pruned: measured 0.38x the fp32 dense bytes
     assert info["size_bytes"] < 0.5 * 4 * info["num_elements"]
