@@ -3,6 +3,7 @@
     python scripts/bench_structured_quality.py [--models-dir ~/.cache/hf-px/fmnist-models]
         [--families resnet convnext vit] [--methods px l1 taylor random]
         [--remove 0.25 0.5 0.75] [--seeds 0] [--train-limit 10000] [--threads 2]
+        [--round-to 1]
 
 The dense models are ``save_pretrained`` directories ``<models-dir>/<family>/`` (made by
 ``scripts/train_fmnist_models.py``), loaded by path with their own image
@@ -85,7 +86,10 @@ OLD_AUTO = {"resnet": "channels", "convnext": "channels", "vit": "neurons+heads"
 
 
 def structure_of(row: dict) -> str:
-    return "+".join(row["structure"]) if "structure" in row else OLD_AUTO[row["family"]]
+    """The unit kinds, and the width multiple when it is not 1 (its own table)."""
+    kinds = "+".join(row["structure"]) if "structure" in row else OLD_AUTO[row["family"]]
+    step = int(row.get("round_to", 1))
+    return kinds if step == 1 else f"{kinds}, widths in multiples of {step}"
 
 
 def run_key(row: dict) -> tuple:
@@ -180,8 +184,9 @@ def tables(rows: list[dict]) -> str:
 
 
 def goals_table(rows: list[dict], default: str = "px[form=fisher]") -> str:
-    """The default structured PX against the best baseline after the epoch, per cell."""
-    cells = _cells(rows)
+    """The default structured PX against the best baseline after the epoch, per cell (the
+    default settings only: rows with a width multiple are left out)."""
+    cells = _cells([r for r in rows if int(r.get("round_to", 1)) == 1])
     lines = [
         "| family | MACs removed | structured PX (default) | best baseline | difference | seeds |",
         "|---|---|---|---|---|---|",
@@ -233,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--rounds", type=int, default=None, help="default: the method's own")
     p.add_argument("--structure", default="auto", help="unit kinds (auto: all of the family)")
+    p.add_argument("--round-to", type=int, default=1, help="widths in multiples of N")
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
@@ -271,7 +277,9 @@ def main(argv=None) -> int:
         for remove in a.remove:
             for method in a.methods:
                 for seed in a.seeds:
-                    key = (family, method, remove, seed, "+".join(kinds))
+                    step = {"round_to": a.round_to} if a.round_to != 1 else {}
+                    key = run_key({"family": family, "method": method, "remove": remove,
+                                   "seed": seed, "structure": kinds, **step})  # fmt: skip
                     if key in done:
                         continue
                     model = copy.deepcopy(dense)
@@ -280,12 +288,12 @@ def main(argv=None) -> int:
                     try:
                         res = prune_structured(
                             model, calibration, remove, method=name, rounds=a.rounds, seed=seed,
-                            structure=kinds, **options,
+                            structure=kinds, round_to=a.round_to, **options,
                         )  # fmt: skip
                     except HfPxError as err:  # e.g. more MACs than the unit kinds hold
                         row = {"family": family, "method": method, "remove": remove}
                         row["structure"] = kinds
-                        row = {**row, "seed": seed, "out_of_reach": str(err)}
+                        row = {**row, "seed": seed, **step, "out_of_reach": str(err)}
                         out["results"].append(row)
                         append_run(a.runs, row)
                         print(f"{family} {method} {remove}: {err}", file=sys.stderr, flush=True)
@@ -301,6 +309,7 @@ def main(argv=None) -> int:
                         "remove": remove,
                         "seed": seed,
                         "structure": kinds,
+                        **step,
                         "removed_macs": res.removed["macs"],
                         "accuracy_pruned": pruned,
                         "accuracy_finetuned": accuracy(model, test),

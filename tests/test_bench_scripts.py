@@ -65,3 +65,23 @@ def test_bench_speed_quick_mode():
         assert r["removed"]["macs"] >= r["remove"]
         assert r["macs"] < rows[0]["macs"] and r["max_logit_diff_vs_masked"] < 1e-5
         assert r["latency_b1_ms"] > 0 and r["throughput_b4_img_s"] > 0
+
+
+def test_structured_quality_rows_with_a_width_multiple_get_their_own_table():
+    """Rows run with --round-to N are a table of their own and stay out of the goals
+    (which judge the defaults)."""
+    from conftest import load_script
+
+    bench = load_script("bench_structured_quality")
+    row = {"family": "resnet", "method": "taylor", "remove": 0.5, "seed": 0}
+    row |= {"structure": ["channels", "stream"], "accuracy_pruned": 0.8}
+    plain = [{**row, "accuracy_finetuned": 0.88}, {**row, "method": "px[form=fisher]",
+             "accuracy_finetuned": 0.87}]  # fmt: skip
+    stepped = [{**r, "round_to": 8, "accuracy_finetuned": 0.5} for r in plain]
+    assert bench.structure_of(stepped[0]) == "channels+stream, widths in multiples of 8"
+    assert bench.run_key(plain[0]) != bench.run_key(stepped[0])
+    text = bench.tables(plain + stepped)
+    assert "units: channels+stream (dense" in text
+    assert "units: channels+stream, widths in multiples of 8 (dense" in text
+    goals = bench.goals_table(plain + stepped).splitlines()
+    assert len(goals) == 3 and "| 87.00 | taylor 88.00 | -1.00 |" in goals[2]
