@@ -524,6 +524,22 @@ def test_dinov2_uniform_heads_are_a_plain_checkpoint_and_neurons_are_hooked(tmp_
         torch.testing.assert_close(logits(loaded, x), want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["vit_msn", "ijepa", "beit"])
+def test_uniform_neurons_of_vit_shaped_families_are_plain_checkpoints(tmp_path, kind):
+    """Their configs name one MLP width (`intermediate_size`): uniform neurons give a plain
+    transformers checkpoint that loads to the same logits."""
+    model = build(kind)
+    data = batches()
+    res = prune_structured(model, data, 0.2, structure="neurons", uniform=True, rounds=1)
+    want = logits(model, data[0]["pixel_values"])
+    out = save_structured(model, tmp_path / kind, res)
+    cfg = json.loads((out / "config.json").read_text())
+    assert load_units(out)["layout"] == "plain" and "quantization_config" not in cfg
+    assert cfg["intermediate_size"] == min(res.counts().values()) < 64
+    loaded = t.AutoModelForImageClassification.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin", "dinov2", "beit", "ijepa"])
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
