@@ -289,7 +289,6 @@ def _recipe(args: argparse.Namespace, split: str, num_samples: int, stats: dict)
 def _evaluation(eval_ref: str, split: str, stats: dict, src: Path) -> Evaluation:
     """Accuracy before/after fine-tuning, with the dense figure when pruning measured it on
     the same data."""
-
     before, after = stats["eval_before"], stats["eval_after"]
     evaluation = Evaluation(
         dataset=public_name(eval_ref),

@@ -129,11 +129,11 @@ def _prune(args: argparse.Namespace) -> dict[str, Any]:
     shrink(model, result.groups, result.kept)
     if args.eval:
         with output.phase("evaluating the pruned model", timings, "eval_pruned_s"):
-            pruned = common.evaluate(model, data, None)
-            evaluation["accuracy_after"] = pruned["accuracy"]
-            evaluation["dataset"] = public_name(eval_ref) or calibration.DEFAULT_DATASET
-            evaluation["split"] = data.split
-            record = common.evaluation_record(eval_ref, data, dense, pruned)
+            record = common.evaluation_record(
+                eval_ref, data, dense, common.evaluate(model, data, None)
+            )
+            evaluation["accuracy_after"] = record.accuracy_pruned
+            evaluation["dataset"], evaluation["split"] = record.dataset, record.split
     if args.latency:
         latency["latency_b1_ms"]["after"] = latency_ms(model, image_size)
         latency["note"] = (
