@@ -46,12 +46,13 @@ def test_every_bench_script_imports_and_answers_help():
 @pytest.mark.slow
 def test_bench_speed_quick_mode():
     """`bench_speed.py --quick` (tiny configs): every variant is smaller, computes the
-    masked function, and gets timed; one model keeps it to seconds."""
+    masked function, gets timed, and loads from its saved checkpoint in a fresh process
+    as the smaller model; one model keeps it to seconds."""
     import json
 
     proc = subprocess.run(
         [sys.executable, "scripts/bench_speed.py", "--quick", "--models", "vit-base"]
-        + ["--batch", "4", "--b1-calls", "1", "--threads", "1"],
+        + ["--batch", "4", "--b1-calls", "1", "--threads", "1", "--memory"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -65,6 +66,8 @@ def test_bench_speed_quick_mode():
         assert r["removed"]["macs"] >= r["remove"]
         assert r["macs"] < rows[0]["macs"] and r["max_logit_diff_vs_masked"] < 1e-5
         assert r["latency_b1_ms"] > 0 and r["throughput_b4_img_s"] > 0
+    for r in rows:  # what from_pretrained built in the fresh process is the saved variant
+        assert r["memory"]["params"] == r["params"] and r["memory"]["forward_b1_peak_mb"] > 0
 
 
 def test_structured_quality_rows_with_a_width_multiple_get_their_own_table():
