@@ -272,7 +272,8 @@ def tables(rows) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         screen = r["after_finetune"] is None
-        groups.setdefault((FAMILIES.index(r["family"]), screen, r.get("models", "")), []).append(r)
+        models = str(r.get("models") or tfm.default_root())  # rows before the key: the default
+        groups.setdefault((FAMILIES.index(r["family"]), screen, models), []).append(r)
     for (fam_index, screen, models), fr in sorted(groups.items()):
         family = FAMILIES[fam_index]
         if screen:
