@@ -57,6 +57,12 @@ def build(kind: str) -> nn.Module:
             window_size=2, num_labels=3,
         )  # fmt: skip
         model = t.SwinForImageClassification(cfg)
+    elif kind == "swinv2":  # Swin V2: cosine attention, a position-bias MLP, the older MLP layout
+        cfg = t.Swinv2Config(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4],
+            window_size=2, num_labels=3,
+        )  # fmt: skip
+        model = t.Swinv2ForImageClassification(cfg)
     elif kind == "resnet":
         cfg = t.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2], num_labels=3)
         model = t.ResNetForImageClassification(cfg)
@@ -93,17 +99,16 @@ def _vit_like(config_cls, model_cls, **extra):
 
 
 # the other ViT-shaped families (BEiT with its per-layer relative position bias and
-# layer scale; DINOv2 with registers: register tokens beside the class token)
+# layer scale, and data2vec-vision, BEiT in the older intermediate.dense → output.dense
+# layout; DINOv2 with registers: register tokens beside the class token)
+_BEIT = dict(intermediate_size=64, use_relative_position_bias=True, layer_scale_init_value=0.5)
 _VIT_LIKE = {
     "vit_msn": _vit_like(t.ViTMSNConfig, t.ViTMSNForImageClassification, intermediate_size=64),
     "ijepa": _vit_like(t.IJepaConfig, t.IJepaForImageClassification, intermediate_size=64),
-    "beit": _vit_like(
-        t.BeitConfig,
-        t.BeitForImageClassification,
-        intermediate_size=64,
-        use_relative_position_bias=True,
-        layer_scale_init_value=0.5,
-    ),  # fmt: skip
+    "beit": _vit_like(t.BeitConfig, t.BeitForImageClassification, **_BEIT),
+    "data2vec-vision": _vit_like(
+        t.Data2VecVisionConfig, t.Data2VecVisionForImageClassification, **_BEIT
+    ),
     "dinov2_with_registers": _vit_like(
         t.Dinov2WithRegistersConfig,
         t.Dinov2WithRegistersForImageClassification,
@@ -118,6 +123,7 @@ _VIT_LIKE = {
 REMOVE = {
     "vit": 0.4, "deit": 0.4, "swin": 0.4, "resnet": 0.1, "resnet-basic": 0.1, "convnext": 0.4,
     "dinov2": 0.4, "vit_msn": 0.4, "ijepa": 0.4, "beit": 0.3, "dinov2_with_registers": 0.4,
+    "data2vec-vision": 0.3, "swinv2": 0.3,
 }  # fmt: skip
 
 
@@ -154,6 +160,10 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ("ijepa", "px"),
         ("beit", "px"),
         ("beit", "taylor"),
+        ("data2vec-vision", "px"),
+        ("data2vec-vision", "taylor"),
+        ("swinv2", "px"),
+        ("swinv2", "taylor"),
     ],
 )
 def test_shrunk_model_computes_the_masked_function(kind, method):
@@ -183,6 +193,8 @@ def test_units_of_each_family():
         "vit_msn": {"neurons", "heads"},
         "ijepa": {"neurons", "heads"},
         "beit": {"neurons"},
+        "data2vec-vision": {"neurons"},
+        "swinv2": {"neurons"},
         "resnet": {"channels", "stream"},
         "resnet-basic": {"channels", "stream"},
         "convnext": {"channels"},
@@ -524,7 +536,7 @@ def test_dinov2_uniform_heads_are_a_plain_checkpoint_and_neurons_are_hooked(tmp_
         torch.testing.assert_close(logits(loaded, x), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["vit_msn", "ijepa", "beit"])
+@pytest.mark.parametrize("kind", ["vit_msn", "ijepa", "beit", "data2vec-vision"])
 def test_uniform_neurons_of_vit_shaped_families_are_plain_checkpoints(tmp_path, kind):
     """Their configs name one MLP width (`intermediate_size`): uniform neurons give a plain
     transformers checkpoint that loads to the same logits."""
@@ -540,7 +552,10 @@ def test_uniform_neurons_of_vit_shaped_families_are_plain_checkpoints(tmp_path, 
     torch.testing.assert_close(logits(loaded, data[0]["pixel_values"]), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["convnext", "vit", "deit", "swin", "dinov2", "beit", "ijepa"])
+@pytest.mark.parametrize(
+    "kind",
+    ["convnext", "vit", "deit", "swin", "dinov2", "beit", "ijepa", "swinv2", "data2vec-vision"],
+)
 def test_hooked_nonuniform_checkpoints_round_trip(tmp_path, kind):
     model = build(kind)
     data = batches()
@@ -712,7 +727,17 @@ def _deep(kind: str) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "kind", ["vit", "deit", "resnet", "convnext", "dinov2", "dinov2_with_registers", "beit"]
+    "kind",
+    [
+        "vit",
+        "deit",
+        "resnet",
+        "convnext",
+        "dinov2",
+        "dinov2_with_registers",
+        "beit",
+        "data2vec-vision",
+    ],
 )
 @pytest.mark.parametrize("method", ["px", "taylor"])
 def test_removing_blocks_gives_a_shallower_plain_checkpoint(tmp_path, kind, method):

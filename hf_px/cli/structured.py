@@ -217,8 +217,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=STRUCTURES,
         default="auto",
         help="unit kind; auto = every width kind the family has (ResNet: channels and the "
-        "residual streams; ConvNeXt: channels; ViT-shaped and Swin: neurons and heads, BEiT "
-        "neurons); blocks = whole residual blocks (ViT-shaped layers, ResNet/ConvNeXt blocks), "
+        "residual streams; ConvNeXt: channels; ViT-shaped and Swin: neurons and heads; BEiT, "
+        "data2vec-vision, Swin V2: neurons); blocks = whole residual blocks (ViT-shaped layers, ResNet/ConvNeXt blocks), "
         "pruned on its own and always a plain checkpoint (the config's depth)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")

@@ -26,6 +26,8 @@ projection shortcut that reads it, and the classifier for the last stage.
   rows of a head, ``o_proj`` columns; a Swin head also its column of the relative
   position bias table), kind ``heads``. Swin's config gives widths per stage as ratios
   (``mlp_ratio``, ``num_heads``), so its pruned widths always need the hook.
+* ``data2vec-vision`` / ``swinv2``: the MLP neurons of the older layout
+  (``intermediate.dense`` → GELU → ``output.dense``), kind ``neurons``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ FAMILY_KINDS: dict[str, tuple[str, ...]] = {
     # not heads: BEiT's relative position bias tables sit in the layer (or the encoder,
     # shared by every layer), outside the attention a head's removal resizes
     "beit": ("neurons", "blocks"),
+    # the older layout: the MLP is ``intermediate.dense`` → GELU → ``output.dense``; heads are
+    # left out (Swin V2's per-head logit scale and position-bias MLP, data2vec's bias tables)
+    "data2vec-vision": ("neurons", "blocks"),
+    "swinv2": ("neurons",),
 }
 #: kinds ``auto`` leaves out: a whole block costs what its widths make it, so blocks are
 #: pruned on their own (the cost model multiplies at most two unit counts per layer)
@@ -65,14 +71,17 @@ _BLOCK_EXITS = {
     "ViTMSNLayer": ("attention.o_proj", "mlp.fc2"),
     "IJepaLayer": ("attention.o_proj", "mlp.fc2"),
     "BeitLayer": ("attention.o_proj", "mlp.fc2"),
+    "Data2VecVisionLayer": ("attention.output.dense", "output.dense"),
 }
 #: families whose config names one MLP width (``intermediate_size``) for every layer, and
 #: those that name one head count (``num_attention_heads``, with ``head_dim`` beside it);
 #: DINOv2 (with or without registers) states its MLP width as an integer ``mlp_ratio``
-_UNIFORM_NEURONS = ("vit", "deit", "vit_msn", "ijepa", "beit")
+_UNIFORM_NEURONS = ("vit", "deit", "vit_msn", "ijepa", "beit", "data2vec-vision")
 _UNIFORM_HEADS = ("vit", "deit", "vit_msn", "ijepa", "dinov2", "dinov2_with_registers")
 #: families whose layers hold an ``…MLP`` (fc1 → fc2) and an ``…Attention`` (q/k/v → o)
 _VIT_LIKE = ("vit", "deit", "swin", "dinov2", "dinov2_with_registers", "vit_msn", "ijepa", "beit")
+#: families whose layers hold ``intermediate.dense`` → activation → ``output.dense``
+_INTERMEDIATE_MLP = {"data2vec-vision": "Data2VecVisionLayer", "swinv2": "Swinv2Layer"}
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,14 @@ def find_units(
                 UnitGroup(
                     f"{name}", "neurons", module.fc1.out_features, 1, (f"{name}.fc1",),
                     (f"{name}.fc2",), uniform_key=key,
+                )
+            )  # fmt: skip
+        elif _INTERMEDIATE_MLP.get(mt) == cls and "neurons" in kinds:
+            key = "intermediate_size" if mt in _UNIFORM_NEURONS else ""
+            groups.append(
+                UnitGroup(
+                    f"{name}.intermediate", "neurons", module.intermediate.dense.out_features, 1,
+                    (f"{name}.intermediate.dense",), (f"{name}.output.dense",), uniform_key=key,
                 )
             )  # fmt: skip
         elif mt in _VIT_LIKE and cls.endswith("Attention") and "heads" in kinds:
