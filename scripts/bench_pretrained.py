@@ -410,41 +410,56 @@ def summary_table(rows) -> str:
 
 
 def goals_table(rows) -> str:
-    """method.md's table: default px against the best other method of each cell (same
-    seeds as px; [n] = seeds when fewer than 3)."""
+    """method.md's table: default px against the best baseline of each cell (a method that
+    is not PX) and against PX's other forms, on the same seeds as px ([n] = seeds when
+    fewer than 3)."""
     moments = (
         ("right after pruning", (0.5, 0.7), False, "after_prune"),
         ("after the fine-tune", (0.7, 0.9, 0.95), True, "after_finetune"),
     )
     out = [
-        "| family | moment | sparsity | default px (fisher form) | best other method | difference |",
-        "|---|---|---|---|---|---|",
+        "| family | moment | sparsity | default px (fisher form) | best baseline | difference "
+        "| best other PX form | difference |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    others = {r["method"] for r in rows} - {DEFAULT_PX, "dense"}
     for family in LABELS:
         for moment, sparsities, finetuned, key in moments:
             for s in sparsities:
                 px = _cell_runs(rows, family, DEFAULT_PX, s, finetuned)
                 if not px:
                     continue
-                others = {r["method"] for r in rows} - {DEFAULT_PX, "dense"}
-                best = None
-                for m in sorted(others):
-                    runs = [
-                        r for k, r in _cell_runs(rows, family, m, s, finetuned).items() if k in px
-                    ]
-                    if runs:
-                        mean = statistics.fmean(r[key] for r in runs)
-                        if best is None or mean > best[0]:
-                            best = (mean, m, len(runs))
                 mine = statistics.fmean(r[key] for r in px.values())
-                if best is None:
-                    continue
+                cells = []
+                for pool in (
+                    [m for m in others if not m.startswith("px")],
+                    [m for m in others if m.startswith("px")],
+                ):
+                    best = _best(rows, family, pool, s, finetuned, key, px)
+                    if best is None:
+                        cells.append("– | –")
+                    else:
+                        cells.append(
+                            f"{best[1]} {100 * best[0]:.1f}{_seeds_note(best[2])} "
+                            f"| {100 * (mine - best[0]):+.1f}"
+                        )
                 out.append(
                     f"| {family} | {moment} | {100 * s:g}% | {100 * mine:.1f}{_seeds_note(len(px))} "
-                    f"| {best[1]} {100 * best[0]:.1f}{_seeds_note(best[2])} "
-                    f"| {100 * (mine - best[0]):+.1f} |"
+                    f"| {cells[0]} | {cells[1]} |"
                 )
     return "\n".join(out)
+
+
+def _best(rows, family, methods, sparsity, finetuned, key, px) -> tuple | None:
+    """(mean, method, seeds) of the best of `methods` in one cell, on px's seeds."""
+    best = None
+    for m in sorted(methods):
+        runs = [r for k, r in _cell_runs(rows, family, m, sparsity, finetuned).items() if k in px]
+        if runs:
+            mean = statistics.fmean(r[key] for r in runs)
+            if best is None or mean > best[0]:
+                best = (mean, m, len(runs))
+    return best
 
 
 def _replace_block(path: Path, name: str, body: str) -> None:
