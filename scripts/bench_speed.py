@@ -134,6 +134,39 @@ def timed(model, x, calls: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / calls, (time.process_time() - c0) / calls
 
 
+def _time(variants, rows, runs: int, b1_calls: int, batch: int, x1, xb) -> None:
+    """Time every variant in turn, `runs` times after a warm-up; medians into `rows`."""
+    # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
+    b1 = {v[0]: [] for v in variants}
+    bb = {v[0]: [] for v in variants}
+    for run in range(runs + 1):  # run 0 is the warm-up
+        for label, _, model, _ in variants:
+            one = timed(model, x1, b1_calls)
+            big = timed(model, xb, 1)
+            if run:
+                b1[label].append(one)
+                bb[label].append(big)
+
+    def med(values, i):
+        return statistics.median(v[i] for v in values)
+
+    base = {k: (med(b1["dense"], k), med(bb["dense"], k)) for k in (0, 1)}
+    for row, (label, _, _, _) in zip(rows, variants, strict=True):
+        w1, wb = med(b1[label], 0), med(bb[label], 0)
+        c1, cb = med(b1[label], 1), med(bb[label], 1)
+        row.update(
+            {
+                "latency_b1_ms": round(1000 * w1, 3),
+                f"throughput_b{batch}_img_s": round(batch / wb, 3),
+                "speedup_b1": round(base[0][0] / w1, 3),
+                f"speedup_b{batch}": round(base[0][1] / wb, 3),
+                "cpu_b1_ms": round(1000 * c1, 3),
+                "cpu_speedup_b1": round(base[1][0] / c1, 3),
+                f"cpu_speedup_b{batch}": round(base[1][1] / cb, 3),
+            }
+        )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["vit-base", "resnet50", "convnext-tiny"])
@@ -216,45 +249,12 @@ def main(argv=None) -> int:
             outcomes[label] = res
             dense_info = {"macs": res.macs[0], "params": res.params[0]}
         print(f"{name}: {len(variants)} variants built", file=sys.stderr, flush=True)
-        # per variant: lists of batch-1 (wall, cpu) seconds and batch-B (wall, cpu) seconds
-        if runs:  # --runs 0: sizes and memory only
-            b1 = {v[0]: [] for v in variants}
-            bb = {v[0]: [] for v in variants}
-            for run in range(runs + 1):  # run 0 is the warm-up
-                for label, _, model, _ in variants:
-                    one = timed(model, x1, a.b1_calls)
-                    big = timed(model, xb, 1)
-                    if run:
-                        b1[label].append(one)
-                        bb[label].append(big)
-
-            def med(values, i):
-                return statistics.median(v[i] for v in values)
-
-            base = {k: (med(b1["dense"], k), med(bb["dense"], k)) for k in (0, 1)}
-            for label, remove, _, info in variants:
-                w1, wb = med(b1[label], 0), med(bb[label], 0)
-                c1, cb = med(b1[label], 1), med(bb[label], 1)
-                out["results"].append(
-                    {
-                        "model": name,
-                        "variant": label,
-                        "remove": remove,
-                        **(info or dense_info),
-                        "latency_b1_ms": round(1000 * w1, 3),
-                        f"throughput_b{a.batch}_img_s": round(a.batch / wb, 3),
-                        "speedup_b1": round(base[0][0] / w1, 3),
-                        f"speedup_b{a.batch}": round(base[0][1] / wb, 3),
-                        "cpu_b1_ms": round(1000 * c1, 3),
-                        "cpu_speedup_b1": round(base[1][0] / c1, 3),
-                        f"cpu_speedup_b{a.batch}": round(base[1][1] / cb, 3),
-                    }
-                )
-        else:
-            for label, remove, _, info in variants:
-                row = {"model": name, "variant": label, "remove": remove}
-                out["results"].append({**row, **(info or dense_info)})
+        for label, remove, _, info in variants:
+            row = {"model": name, "variant": label, "remove": remove, **(info or dense_info)}
+            out["results"].append(row)
         rows = [r for r in out["results"] if r["model"] == name]
+        if runs:  # --runs 0: sizes and memory only
+            _time(variants, rows, runs, a.b1_calls, a.batch, x1, xb)
         if a.memory:
             for row, (label, _, model, _) in zip(rows, variants, strict=True):
                 row["memory"] = memory(model, outcomes[label], size, a.threads)

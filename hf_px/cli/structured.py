@@ -218,8 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="unit kind; auto = every width kind the family has (ResNet: channels and the "
         "residual streams; ConvNeXt: channels; ViT-shaped and Swin: neurons and heads; BEiT, "
-        "data2vec-vision, Swin V2: neurons); blocks = whole residual blocks (ViT-shaped layers, ResNet/ConvNeXt blocks), "
-        "pruned on its own and always a plain checkpoint (the config's depth)",
+        "data2vec-vision, Swin V2: neurons); blocks = whole residual blocks (ViT-shaped "
+        "layers, ResNet/ConvNeXt blocks), pruned on its own and always a plain checkpoint "
+        "(the config's depth)",
     )
     p.add_argument("--method", choices=list(METHODS), default="px")
     p.add_argument(
